@@ -1,0 +1,199 @@
+"""The ``megatron-elo`` command.
+
+    megatron-elo train configs/tiny_cpu.yaml                       # run (main job)
+    megatron-elo train configs/tiny_cpu.yaml trainer.lr=2e-6 --dry-run   # validate, print config + layout
+    megatron-elo train --help                                      # every config group and field
+    megatron-elo {eval,bench,convert,compare} --help
+
+Exit codes: 0 ok, 2 bad configuration or usage, 3 the requested stage is not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from pathlib import Path
+
+from megatron_elo.config.loader import ConfigError, dump_yaml, load_config
+from megatron_elo.config.schema import RunConfig
+from megatron_elo.config.validate import validate, world_size_from_env
+from megatron_elo.parallel.layout import DevicePlan, format_devices, plan_devices
+from megatron_elo.utils.logging import setup_logging
+
+EXIT_BAD_CONFIG = 2
+EXIT_NOT_BUILT = 3
+
+
+class NotBuiltYet(RuntimeError):
+    """A stage whose implementation has not landed; the message names the tracking issue."""
+
+
+# ---------------------------------------------------------------- help text from the schema
+
+
+def _type_name(hint: typing.Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if args and type(None) in args:
+        return _type_name(next(a for a in args if a is not type(None))) + "?"
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def describe_fields(cls: type, prefix: str = "", depth: int = 0) -> list[str]:
+    """One help line per config field, nested groups indented: ``trainer.lr  float = 1e-06  Peak ...``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        inner = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), hint)
+        if typing.get_origin(hint) is list:
+            inner = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(inner):
+            suffix = " (list; index or name: opponents.NAME.x=...)" if typing.get_origin(hint) is list else ""
+            lines.append(f"{'  ' * depth}{dotted}:  {f.metadata.get('help', '')}{suffix}")
+            child_prefix = f"{dotted}.N." if typing.get_origin(hint) is list else f"{dotted}."
+            lines += describe_fields(inner, child_prefix, depth + 1)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            "required" if f.default_factory is dataclasses.MISSING else f.default_factory())
+        lines.append(f"{'  ' * depth}{dotted}  [{_type_name(hint)} = {default}]  {f.metadata.get('help', '')}")
+    return lines
+
+
+CONFIG_HELP = (
+    "config groups (set in the YAML file or as dotted overrides KEY=VALUE after it):\n\n"
+    + "\n".join(describe_fields(RunConfig))
+)
+
+
+# ---------------------------------------------------------------- the layout table
+
+
+def print_plan(plan: DevicePlan) -> None:
+    """Print the trainer's TP/PP/DP rank table and each engine's devices (rich tables)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    layout = plan.layout
+    trainer = Table(title=f"trainer: TP={layout.tp} PP={layout.pp} DP={layout.dp} on {layout.world_size} {plan.device} rank(s)")
+    for column in ("rank", "node", "device", "tp_rank", "pp_rank", "dp_rank"):
+        trainer.add_column(column, justify="right")
+    for coords, node, device in plan.trainer_ranks:
+        trainer.add_row(*(str(v) for v in (coords.rank, node, device, coords.tp_rank, coords.pp_rank, coords.dp_rank)))
+    engines = Table(title="engines (vLLM)")
+    for column in ("engine", "role", "tp", "dp", "placement", "devices (node:local)"):
+        engines.add_column(column)
+    for e in plan.engines:
+        engines.add_row(e.name, e.role, str(e.tp), str(e.dp), e.placement, format_devices(e.devices))
+    console.print(trainer)
+    console.print(engines)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def load_and_validate(config: str, overrides: list[str], *, check_paths: bool = True) -> RunConfig:
+    """Load YAML + overrides and run every start-up check (WORLD_SIZE from the launcher, if set)."""
+    cfg = load_config(config, overrides)
+    return validate(cfg, world_size=world_size_from_env(), check_paths=check_paths)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.no_check_paths and not args.dry_run:
+        raise ConfigError(["--no-check-paths: only allowed with --dry-run (a real run needs its files)"])
+    cfg = load_and_validate(args.config, args.overrides, check_paths=not args.no_check_paths)
+    if args.dry_run:
+        print(dump_yaml(cfg))
+        print_plan(plan_devices(cfg))
+        print("configuration is valid (dry run: nothing started)")
+        return 0
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "resolved_config.yaml").write_text(dump_yaml(cfg))
+    raise NotBuiltYet(
+        "the training loop (rollouts -> games -> judge -> train step -> weight sync) lands with issue #4; "
+        f"the resolved config was saved to {run_dir / 'resolved_config.yaml'}. Use --dry-run to check a config."
+    )
+
+
+def cmd_not_built(issue: int, what: str):
+    def handler(args: argparse.Namespace) -> int:
+        raise NotBuiltYet(f"{what} lands with issue #{issue}")
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for ``megatron-elo`` (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="megatron-elo", description="Elo-Evolve RL training on megatron-core + vLLM.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,convert,compare}")
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="YAML config, e.g. configs/tiny_cpu.yaml")
+        p.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides, e.g. trainer.lr=2e-6")
+
+    raw = argparse.RawDescriptionHelpFormatter
+    train = sub.add_parser("train", help="train a policy (the main job)", formatter_class=raw, epilog=CONFIG_HELP,
+                           description="Train a policy from a YAML config with dotted overrides.")
+    add_config_args(train)
+    train.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the process layout, and exit")
+    train.add_argument("--no-check-paths", action="store_true",
+                       help="with --dry-run: check the layout without the model / data files on this machine (uses the YAML's arch)")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="held-out win rate of a checkpoint against the eval opponents", formatter_class=raw,
+                              epilog=CONFIG_HELP)
+    add_config_args(evaluate)
+    evaluate.add_argument("--checkpoint", help="checkpoint directory (default: newest in the run's output_dir)")
+    evaluate.set_defaults(handler=cmd_not_built(4, "evaluation (held-out win rate with 95%% interval)"))
+
+    bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard)")
+    bench.add_argument("target", choices=["kernels", "trainer", "reshard"], help="what to measure")
+    bench.add_argument("--config", help="model/batch config for trainer and reshard benchmarks")
+    bench.add_argument("--out", help="also write the table (markdown) to this file")
+    bench.set_defaults(handler=lambda a: cmd_not_built({"kernels": 3, "trainer": 5, "reshard": 6}[a.target],
+                                                       f"`bench {a.target}`")(a))
+
+    convert = sub.add_parser("convert", help="convert checkpoints between HF safetensors and the Megatron layout")
+    convert.add_argument("--from", dest="source_format", choices=["hf", "megatron"], required=True)
+    convert.add_argument("--to", dest="target_format", choices=["hf", "megatron"], required=True)
+    convert.add_argument("src", help="source checkpoint directory")
+    convert.add_argument("dst", help="destination directory (must not exist)")
+    convert.add_argument("--tp", type=int, default=1, help="target tensor-parallel size (to megatron)")
+    convert.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size (to megatron)")
+    convert.set_defaults(handler=cmd_not_built(5, "HF <-> Megatron checkpoint conversion"))
+
+    compare = sub.add_parser("compare", help="run point, static pairwise and Elo-Evolve on one budget and seeds",
+                             formatter_class=raw, epilog=CONFIG_HELP)
+    add_config_args(compare)
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per method")
+    compare.set_defaults(handler=cmd_not_built(4, "`compare` (point vs static pairwise vs Elo-Evolve table)"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``megatron-elo`` console script; returns the exit code."""
+    log = setup_logging(rank=int(os.environ.get("RANK", "0")))
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        log.error(str(err))
+        return EXIT_BAD_CONFIG
+    except NotBuiltYet as err:
+        log.error("not built yet: %s", err)
+        return EXIT_NOT_BUILT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Typed run configuration: keyword-only dataclasses, one per config group.
+
+Every field carries its help text in ``metadata["help"]``; ``megatron-elo train --help`` prints
+them. YAML files in ``configs/`` fill these classes (see ``loader.py``); cross-field checks that
+need more than one group (parallel sizes against the world, heads against TP, paths on disk)
+live in ``validate.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Literal
+
+
+def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
+    """A dataclass field with a help string (``help`` is shown by ``train --help``)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(kw_only=True)
+class ArchConfig:
+    """Transformer architecture, in Hugging Face terms. Read from ``<path>/config.json`` when the
+    model has a path; written out in YAML for random-initialised (tiny) models or to validate a
+    layout without the checkpoint on disk."""
+
+    family: Literal["qwen2", "qwen3", "llama"] = opt("qwen2", "HF model_type: qwen2 (QKV bias), qwen3 (QK norm), llama.")
+    num_layers: int = opt(2, "Transformer layers (HF num_hidden_layers).")
+    hidden_size: int = opt(64, "Model width H.")
+    ffn_hidden_size: int = opt(128, "SwiGLU intermediate size (HF intermediate_size).")
+    num_attention_heads: int = opt(2, "Query heads.")
+    num_kv_heads: int = opt(2, "Key/value heads (grouped-query attention; HF num_key_value_heads).")
+    head_dim: int | None = opt(None, "Per-head width; default hidden_size / num_attention_heads. vLLM's CPU attention needs >= 32.")
+    vocab_size: int = opt(128, "Vocabulary size V of the checkpoint (before any TP padding).")
+    max_position_embeddings: int = opt(512, "Longest sequence the RoPE tables cover.")
+    rope_theta: float = opt(1_000_000.0, "RoPE base.")
+    rms_norm_eps: float = opt(1e-6, "RMSNorm epsilon.")
+    tie_word_embeddings: bool = opt(False, "Output layer shares the input embedding.")
+
+    @property
+    def kv_channels(self) -> int:
+        """Per-head width (head_dim) in elements."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """A model: the trained policy, an opponent, or the judge."""
+
+    path: str | None = opt(None, "HF checkpoint directory on local disk (config.json + safetensors). None: random init from `arch`.")
+    arch: ArchConfig | None = opt(None, "Architecture; filled from <path>/config.json when path is set.")
+    tokenizer: str | None = opt(None, "Tokenizer directory; default: the model path.")
+    dtype: Dtype = opt("bf16", "Parameter / compute dtype.")
+    pad_vocab_to_multiple_of: int | None = opt(
+        None, "Pad the embedding so vocab is a multiple of this times TP (Megatron's make_vocab_size_divisible_by). "
+        "None: vocab must already divide by TP."
+    )
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    """A vLLM engine's own parallel layout and placement (independent of the trainer's)."""
+
+    tp: int = opt(1, "Engine tensor-parallel size.")
+    dp: int = opt(1, "Engine data-parallel replicas.")
+    placement: Literal["colocated", "dedicated"] = opt(
+        "colocated", "colocated: time-shares the trainer's devices (sleep mode between rollouts); "
+        "dedicated: its own devices, given by node and first_device."
+    )
+    node: int = opt(0, "Dedicated engines: index of the node it runs on.")
+    first_device: int = opt(0, "Dedicated engines: first local device index; it uses tp*dp consecutive devices.")
+    gpu_memory_utilization: float = opt(0.5, "Fraction of device memory vLLM may take (CPU: sized from the node; ~0.2 on a small machine).")
+    max_model_len: int = opt(1024, "Longest prompt + response the engine accepts, in tokens.")
+    enforce_eager: bool = opt(True, "Skip CUDA graph capture (faster start, slower decode).")
+
+    @property
+    def num_devices(self) -> int:
+        """Devices (ranks) this engine spans: tp * dp."""
+        return self.tp * self.dp
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """Where the job runs. The trainer's world is `trainer_nodes * devices_per_node` ranks."""
+
+    device: Literal["cpu", "cuda"] = opt("cuda", "cpu runs everything over gloo; cuda over NCCL.")
+    nodes: int = opt(1, "Nodes in the allocation.")
+    devices_per_node: int = opt(8, "GPUs per node (CPU: processes per node).")
+    trainer_nodes: int | None = opt(None, "Nodes running the trainer (torchrun world); the rest host dedicated engines. Default: all.")
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    """The trainer's (megatron-core) parallel layout. tp * pp * dp must equal the trainer world size."""
+
+    tp: int = opt(1, "Tensor-parallel size.")
+    pp: int = opt(1, "Pipeline-parallel size.")
+    dp: int = opt(1, "Data-parallel size.")
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1).")
+    distributed_optimizer: bool = opt(True, "Megatron distributed optimizer on GPU (CPU: torch AdamW over the DP group).")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """Optimisation and the policy-gradient loss."""
+
+    steps: int = opt(500, "Training steps (one rollout batch each).")
+    lr: float = opt(1e-6, "Peak learning rate.")
+    min_lr: float = opt(0.0, "Learning rate at the end of the decay.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = opt("constant", "Decay after warmup.")
+    warmup_steps: int = opt(0, "Linear warmup optimizer steps.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    grad_clip: float = opt(1.0, "Global grad-norm clip; 0 disables.")
+    micro_batch_size: int = opt(1, "Sequences per forward/backward on one DP rank.")
+    global_batch_size: int = opt(64, "Sequences per optimizer step (all DP ranks); must divide prompts_per_step * n_per_prompt.")
+    clip_low: float = opt(0.2, "PPO ratio clip below: 1 - clip_low.")
+    clip_high: float = opt(0.28, "PPO ratio clip above: 1 + clip_high (decoupled, DAPO-style).")
+    kl_coef: float = opt(0.0, "Coefficient of the KL to the frozen reference; 0 skips the reference model.")
+    kl_estimator: Literal["k1", "k3"] = opt("k3", "KL estimator: k1 = new - ref; k3 = exp(ref - new) - (ref - new) - 1.")
+    entropy_coef: float = opt(0.0, "Entropy bonus coefficient.")
+    loss_agg: Literal["token_mean", "seq_mean"] = opt("token_mean", "token_mean: mean over all response tokens; seq_mean: mean per sequence, then over sequences.")
+    std_normalize: bool = opt(True, "Divide group-centred rewards by the group std (GRPO); False: Dr.GRPO-style centring only.")
+    kernels: Literal["torch", "triton"] = opt("torch", "Loss-side implementation: torch reference or fused Triton kernels.")
+    precision: Dtype = opt("bf16", "Training compute dtype.")
+
+
+@dataclass(kw_only=True)
+class RolloutConfig:
+    """Policy sampling."""
+
+    prompts_per_step: int = opt(32, "Prompts per training step (sharded over DP).")
+    n_per_prompt: int = opt(8, "Samples per prompt (the GRPO group).")
+    max_new_tokens: int = opt(512, "Response length cap, tokens.")
+    max_prompt_tokens: int = opt(512, "Prompt length cap, tokens.")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling.")
+    top_k: int = opt(-1, "Top-k sampling; -1 disables.")
+    overlong_prompt: Literal["error", "drop"] = opt("drop", "A prompt over max_prompt_tokens: stop with an error, or drop it and count it.")
+    engine: EngineConfig = opt(factory=EngineConfig, help="The policy's own vLLM engine (colocated with the trainer).")
+
+
+@dataclass(kw_only=True)
+class OpponentConfig:
+    """One frozen (or trained) member of the opponent pool."""
+
+    name: str = opt(MISSING, "Unique name, used in metrics and the answer cache.")
+    model: ModelConfig = opt(factory=ModelConfig, help="The opponent model.")
+    engine: EngineConfig = opt(factory=lambda: EngineConfig(placement="dedicated"), help="Its engine layout.")
+    initial_rating: float | None = opt(None, "Starting Elo; default algorithm.elo.initial_rating.")
+    frozen: bool = opt(True, "Frozen opponents' answers are cached per (opponent, prompt, seed) and reused.")
+    temperature: float = opt(0.7, "Sampling temperature for its answers.")
+    max_new_tokens: int = opt(512, "Its response cap, tokens.")
+
+
+@dataclass(kw_only=True)
+class JudgeConfig:
+    """Who decides a game."""
+
+    kind: Literal["llm", "programmatic"] = opt("llm", "llm: an LLM judge in its own engine; programmatic: a checker for a verifiable task.")
+    model: ModelConfig | None = opt(None, "LLM judge model (kind=llm).")
+    engine: EngineConfig = opt(factory=lambda: EngineConfig(placement="dedicated"), help="LLM judge engine layout.")
+    template: str | None = opt(None, "Pairwise judge prompt template file (kind=llm); default: built-in.")
+    swap_positions: bool = opt(True, "Judge both orders; a verdict that flips with the order is a tie.")
+    logprob_verdicts: bool = opt(False, "Decide by P(A) vs P(B) of the verdict token instead of parsing text.")
+    task: Literal["arithmetic", "sorting"] | None = opt(None, "Verifiable task for kind=programmatic.")
+    noise: float = opt(0.0, "Programmatic judge: probability a verdict is replaced by a coin flip.")
+    max_new_tokens: int = opt(256, "LLM judge: verdict length cap, tokens.")
+
+
+@dataclass(kw_only=True)
+class EloConfig:
+    """Elo ratings and the opponent-sampling curriculum."""
+
+    k_factor: float = opt(32.0, "Elo K: R += K * (S - E).")
+    initial_rating: float = opt(1000.0, "Default starting rating (the policy's, and opponents' without their own).")
+    selection: Literal["rating_gap", "expected_score"] = opt(
+        "rating_gap", "Selection logits: -|R_policy - R_j| / T, or -|E(policy beats j) - target_win_rate| / T."
+    )
+    target_win_rate: float = opt(0.5, "Target expected score for selection=expected_score.")
+    temperature: float = opt(100.0, "Sampling temperature T (rating points for rating_gap; score units for expected_score).")
+    temperature_schedule: Literal["constant", "linear", "cosine"] = opt("constant", "How T moves from temperature to temperature_end over the run.")
+    temperature_end: float | None = opt(None, "Final T for a schedule; default = temperature.")
+
+
+@dataclass(kw_only=True)
+class AlgorithmConfig:
+    """Which method turns games into rewards."""
+
+    name: Literal["elo_evolve", "static_pairwise", "point"] = opt("elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge score.")
+    static_opponent: str | None = opt(None, "static_pairwise: the opponent's name.")
+    reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (sequence classifier); None: the judge scores.")
+    tie_reward: float = opt(0.5, "Reward of a tie.")
+    elo: EloConfig = opt(factory=EloConfig, help="Elo ratings and opponent sampling.")
+
+
+@dataclass(kw_only=True)
+class SyntheticDataConfig:
+    """A generated, verifiable task (the tiny CPU demo)."""
+
+    task: Literal["arithmetic", "sorting"] = opt("arithmetic", "Which task.")
+    num_train: int = opt(2000, "Training prompts.")
+    num_eval: int = opt(200, "Held-out prompts.")
+    seed: int = opt(0, "Generation seed.")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Prompts."""
+
+    format: Literal["jsonl", "parquet", "synthetic"] = opt("jsonl", "Prompt source.")
+    train_path: str | None = opt(None, "Training prompts file (jsonl or parquet).")
+    eval_path: str | None = opt(None, "Held-out prompts file.")
+    prompt_field: str = opt("prompt", "Field holding the prompt text (or chat messages).")
+    apply_chat_template: bool = opt(True, "Wrap prompts with the policy tokenizer's chat template.")
+    shuffle: bool = opt(True, "Shuffle every epoch (seeded).")
+    loader: Literal["default", "dali"] = opt("default", "default: in-process; dali: NVIDIA DALI pipeline over pre-tokenized shards.")
+    synthetic: SyntheticDataConfig = opt(factory=SyntheticDataConfig, help="format=synthetic settings.")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Periodic held-out evaluation."""
+
+    every_steps: int = opt(50, "Evaluate every N steps; 0 disables.")
+    num_prompts: int = opt(200, "Held-out prompts per evaluation.")
+    opponents: list[str] = opt(factory=list, help="Held-out opponent names (from `opponents`); empty: all.")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    """Experiment tracking (rank 0 only)."""
+
+    backend: Literal["mlflow", "none"] = opt("mlflow", "mlflow or none.")
+    tracking_uri: str | None = opt(None, "MLflow URI; default $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db.")
+    experiment: str = opt("megatron-elo", "MLflow experiment name.")
+    log_every: int = opt(1, "Log metrics every N steps.")
+    system_metrics: bool = opt(True, "Log CPU/GPU/memory system metrics.")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    every_steps: int = opt(100, "Save every N steps; 0: only at the end.")
+    keep_last: int = opt(2, "Checkpoints kept on disk.")
+    resume: Literal["auto", "never"] = opt("auto", "auto: resume from the newest checkpoint in output_dir if any.")
+    export_hf: bool = opt(True, "Export the final policy as an HF checkpoint.")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """A whole run. Top-level keys of a YAML config are these fields."""
+
+    run_name: str = opt("run", "Name of the run (MLflow run name, output sub-folder).")
+    output_dir: str = opt("runs", "Where checkpoints, the resolved config and artifacts go (output_dir/run_name).")
+    seed: int = opt(1234, "Global seed.")
+    cluster: ClusterConfig = opt(factory=ClusterConfig, help="Nodes and devices.")
+    parallel: ParallelConfig = opt(factory=ParallelConfig, help="Trainer TP/PP/DP.")
+    model: ModelConfig = opt(factory=ModelConfig, help="The policy.")
+    trainer: TrainerConfig = opt(factory=TrainerConfig, help="Optimisation and loss.")
+    rollout: RolloutConfig = opt(factory=RolloutConfig, help="Policy sampling and its engine.")
+    opponents: list[OpponentConfig] = opt(factory=list, help="The opponent pool.")
+    judge: JudgeConfig = opt(factory=JudgeConfig, help="The judge.")
+    algorithm: AlgorithmConfig = opt(factory=AlgorithmConfig, help="The method.")
+    data: DataConfig = opt(factory=DataConfig, help="Prompts.")
+    eval: EvalConfig = opt(factory=EvalConfig, help="Held-out evaluation.")
+    tracking: TrackingConfig = opt(factory=TrackingConfig, help="MLflow.")
+    checkpoint: CheckpointConfig = opt(factory=CheckpointConfig, help="Checkpoints.")

@@ -1,0 +1,313 @@
+"""Cross-field checks on a ``RunConfig``, run once at start-up before anything is launched.
+
+``validate(cfg)`` collects every problem (parallel sizes against the world, heads / vocab / layers
+against TP and PP, engine placements, batch arithmetic, algorithm wiring, paths on disk) and raises
+one ``ConfigError`` naming each field and the fix. It also fills each model's ``arch`` from its
+checkpoint's config.json when the path exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_elo.config.hf_arch import read_hf_arch
+from megatron_elo.config.loader import ConfigError
+from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, RunConfig
+
+
+def trainer_world_size(cfg: RunConfig) -> int:
+    """Ranks in the trainer's torchrun world: trainer nodes x devices per node."""
+    nodes = cfg.cluster.trainer_nodes or cfg.cluster.nodes
+    return nodes * cfg.cluster.devices_per_node
+
+
+def world_size_from_env() -> int | None:
+    """WORLD_SIZE set by torchrun / SLURM launchers, if any (read once at start-up)."""
+    value = os.environ.get("WORLD_SIZE")
+    return int(value) if value and value.isdigit() else None
+
+
+@dataclass
+class _Check:
+    """Accumulates problems; ``need(cond, msg)`` records ``msg`` when ``cond`` is false."""
+
+    problems: list[str]
+
+    def need(self, condition: bool, message: str) -> bool:
+        if not condition:
+            self.problems.append(message)
+        return condition
+
+
+def validate(cfg: RunConfig, *, world_size: int | None = None, check_paths: bool = True) -> RunConfig:
+    """Validate ``cfg`` in place (filling ``arch`` from checkpoints) and return it.
+
+    world_size: the launched trainer world (WORLD_SIZE); default: what ``cluster`` describes.
+    check_paths: also require model / data / template paths to exist (off to check a cluster
+    config on a machine without the checkpoints).
+    """
+    check = _Check([])
+    _check_ranges(cfg, check)
+    _resolve_arch(cfg.model, "model", check, check_paths)
+    for i, opponent in enumerate(cfg.opponents):
+        _resolve_arch(opponent.model, f"opponents.{i}.model", check, check_paths)
+    if cfg.judge.model is not None:
+        _resolve_arch(cfg.judge.model, "judge.model", check, check_paths)
+    if check.problems:  # later checks need sane numbers and architectures
+        raise ConfigError(check.problems)
+    _check_trainer_layout(cfg, check, world_size or trainer_world_size(cfg))
+    _check_engines(cfg, check)
+    _check_batches(cfg, check)
+    _check_algorithm(cfg, check)
+    _check_data(cfg, check, check_paths)
+    if check.problems:
+        raise ConfigError(check.problems)
+    return cfg
+
+
+# ---------------------------------------------------------------- single-field ranges
+
+
+def _check_ranges(cfg: RunConfig, check: _Check) -> None:
+    positive = {
+        "cluster.nodes": cfg.cluster.nodes,
+        "cluster.devices_per_node": cfg.cluster.devices_per_node,
+        "parallel.tp": cfg.parallel.tp,
+        "parallel.pp": cfg.parallel.pp,
+        "parallel.dp": cfg.parallel.dp,
+        "trainer.steps": cfg.trainer.steps,
+        "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
+        "trainer.global_batch_size": cfg.trainer.global_batch_size,
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.n_per_prompt": cfg.rollout.n_per_prompt,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "rollout.max_prompt_tokens": cfg.rollout.max_prompt_tokens,
+        "rollout.engine.tp": cfg.rollout.engine.tp,
+        "rollout.engine.dp": cfg.rollout.engine.dp,
+    }
+    for i, opponent in enumerate(cfg.opponents):
+        positive[f"opponents.{i}.engine.tp"] = opponent.engine.tp
+        positive[f"opponents.{i}.engine.dp"] = opponent.engine.dp
+    for name, value in positive.items():
+        check.need(value >= 1, f"{name}: must be >= 1, got {value}")
+    if cfg.cluster.trainer_nodes is not None:
+        check.need(
+            1 <= cfg.cluster.trainer_nodes <= cfg.cluster.nodes,
+            f"cluster.trainer_nodes: must be between 1 and cluster.nodes={cfg.cluster.nodes}, got {cfg.cluster.trainer_nodes}",
+        )
+    t = cfg.trainer
+    check.need(t.lr > 0, f"trainer.lr: must be > 0, got {t.lr}")
+    check.need(0 <= t.min_lr <= t.lr, f"trainer.min_lr: must be in [0, trainer.lr={t.lr}], got {t.min_lr}")
+    check.need(0 <= t.clip_low < 1, f"trainer.clip_low: must be in [0, 1), got {t.clip_low}")
+    check.need(t.clip_high >= 0, f"trainer.clip_high: must be >= 0, got {t.clip_high}")
+    check.need(t.kl_coef >= 0, f"trainer.kl_coef: must be >= 0 (0 disables the KL term), got {t.kl_coef}")
+    check.need(t.grad_clip >= 0, f"trainer.grad_clip: must be >= 0 (0 disables clipping), got {t.grad_clip}")
+    check.need(t.warmup_steps >= 0, f"trainer.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    check.need(cfg.rollout.temperature > 0, f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
+    check.need(0 < cfg.rollout.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    check.need(0 <= cfg.judge.noise <= 1, f"judge.noise: must be a probability in [0, 1], got {cfg.judge.noise}")
+    elo = cfg.algorithm.elo
+    check.need(elo.k_factor > 0, f"algorithm.elo.k_factor: must be > 0, got {elo.k_factor}")
+    check.need(elo.temperature > 0, f"algorithm.elo.temperature: must be > 0, got {elo.temperature}")
+    if elo.temperature_end is not None:
+        check.need(elo.temperature_end > 0, f"algorithm.elo.temperature_end: must be > 0, got {elo.temperature_end}")
+    check.need(0 < elo.target_win_rate < 1, f"algorithm.elo.target_win_rate: must be in (0, 1), got {elo.target_win_rate}")
+    for where, engine in _engines(cfg):
+        check.need(
+            0 < engine.gpu_memory_utilization <= 1,
+            f"{where}.gpu_memory_utilization: must be in (0, 1], got {engine.gpu_memory_utilization}",
+        )
+
+
+# ---------------------------------------------------------------- models
+
+
+def _resolve_arch(model: ModelConfig, where: str, check: _Check, check_paths: bool) -> None:
+    """Fill ``model.arch`` from ``<model.path>/config.json``; ``where`` is the model's dotted field."""
+    if model.path is None:
+        check.need(model.arch is not None, f"{where}: set {where}.path (an HF checkpoint dir) or {where}.arch (random init)")
+        return
+    config_json = Path(model.path) / "config.json"
+    if not config_json.is_file():
+        if check_paths:
+            check.problems.append(f"{where}.path: {model.path!r} has no config.json; point it at a local HF checkpoint directory")
+        else:
+            check.need(model.arch is not None, f"{where}.arch: needed to check the layout without {model.path!r} on disk")
+        return
+    try:
+        on_disk = read_hf_arch(model.path)
+    except ValueError as err:
+        check.problems.append(f"{where}.path: {err}")
+        return
+    if model.arch is not None and model.arch != on_disk:
+        check.problems.append(f"{where}.arch: differs from {config_json}; remove arch from the YAML or make it match")
+        return
+    model.arch = on_disk
+    if check_paths and model.tokenizer is not None:
+        check.need(Path(model.tokenizer).is_dir(), f"{where}.tokenizer: directory {model.tokenizer!r} does not exist")
+
+
+def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> None:
+    p = cfg.parallel
+    product = p.tp * p.pp * p.dp
+    nodes = cfg.cluster.trainer_nodes or cfg.cluster.nodes
+    if product != world_size:
+        fix = f"parallel.dp={world_size // (p.tp * p.pp)}" if world_size % (p.tp * p.pp) == 0 else "parallel.tp/pp/dp"
+        check.problems.append(
+            f"parallel: tp*pp*dp = {p.tp}*{p.pp}*{p.dp} = {product} does not equal the trainer world size {world_size} "
+            f"({nodes} trainer node(s) x cluster.devices_per_node={cfg.cluster.devices_per_node}); set {fix}"
+        )
+    check.need(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel: needs parallel.tp > 1")
+    arch = cfg.model.arch
+    assert arch is not None
+    _check_arch_tp(arch, p.tp, "parallel.tp", "model.arch", check, check_vocab=cfg.model.pad_vocab_to_multiple_of is None)
+    check.need(
+        arch.num_layers % p.pp == 0,
+        f"parallel.pp={p.pp}: model.arch.num_layers={arch.num_layers} is not divisible by it; pick a divisor of {arch.num_layers}",
+    )
+
+
+def _check_arch_tp(arch: ArchConfig, tp: int, tp_field: str, arch_field: str, check: _Check, *, check_vocab: bool) -> None:
+    """Heads, KV heads, FFN and (unless padded) vocab must split evenly over ``tp`` ranks."""
+    check.need(
+        arch.num_attention_heads % tp == 0,
+        f"{tp_field}={tp}: {arch_field}.num_attention_heads={arch.num_attention_heads} is not divisible by it",
+    )
+    check.need(
+        arch.num_kv_heads % tp == 0 or tp % arch.num_kv_heads == 0,
+        f"{tp_field}={tp}: {arch_field}.num_kv_heads={arch.num_kv_heads} neither divides nor is divisible by it",
+    )
+    check.need(
+        arch.head_dim is not None or arch.hidden_size % arch.num_attention_heads == 0,
+        f"{arch_field}.hidden_size={arch.hidden_size} is not divisible by num_attention_heads={arch.num_attention_heads}; set head_dim",
+    )
+    if check_vocab:
+        check.need(
+            arch.vocab_size % tp == 0,
+            f"{tp_field}={tp}: {arch_field}.vocab_size={arch.vocab_size} is not divisible by it; "
+            f"set model.pad_vocab_to_multiple_of (e.g. 128) to pad the embedding",
+        )
+    check.need(
+        arch.ffn_hidden_size % tp == 0,
+        f"{tp_field}={tp}: {arch_field}.ffn_hidden_size={arch.ffn_hidden_size} is not divisible by it",
+    )
+
+
+# ---------------------------------------------------------------- engines
+
+
+def _engines(cfg: RunConfig) -> list[tuple[str, EngineConfig]]:
+    engines = [("rollout.engine", cfg.rollout.engine)]
+    engines += [(f"opponents.{i}.engine", o.engine) for i, o in enumerate(cfg.opponents)]
+    if cfg.judge.kind == "llm":
+        engines.append(("judge.engine", cfg.judge.engine))
+    return engines
+
+
+def _engine_model(cfg: RunConfig, where: str) -> ModelConfig | None:
+    if where == "rollout.engine":
+        return cfg.model
+    if where == "judge.engine":
+        return cfg.judge.model
+    return cfg.opponents[int(where.split(".")[1])].model
+
+
+def _check_engines(cfg: RunConfig, check: _Check) -> None:
+    world = trainer_world_size(cfg)
+    trainer_nodes = cfg.cluster.trainer_nodes or cfg.cluster.nodes
+    taken: dict[tuple[int, int], str] = {}
+    for where, engine in _engines(cfg):
+        model = _engine_model(cfg, where)
+        if model is not None and model.arch is not None:  # vLLM pads the vocab itself
+            arch_field = "model.arch" if where == "rollout.engine" else where.removesuffix(".engine") + ".model.arch"
+            _check_arch_tp(model.arch, engine.tp, f"{where}.tp", arch_field, check, check_vocab=False)
+        if engine.placement == "colocated":
+            check.need(
+                engine.num_devices == world,
+                f"{where}: colocated engine spans tp*dp = {engine.tp}*{engine.dp} = {engine.num_devices} ranks but the "
+                f"trainer world is {world}; set {where}.dp={max(world // engine.tp, 1)} (one engine shard per trainer rank)",
+            )
+            continue
+        if not check.need(
+            trainer_nodes <= engine.node < cfg.cluster.nodes,
+            f"{where}.node={engine.node}: dedicated engines go on non-trainer nodes "
+            f"{trainer_nodes}..{cfg.cluster.nodes - 1}; set cluster.trainer_nodes or use placement=colocated",
+        ):
+            continue
+        last = engine.first_device + engine.num_devices
+        if not check.need(
+            engine.first_device >= 0 and last <= cfg.cluster.devices_per_node,
+            f"{where}: devices {engine.first_device}..{last - 1} do not fit in cluster.devices_per_node={cfg.cluster.devices_per_node}",
+        ):
+            continue
+        for device in range(engine.first_device, last):
+            other = taken.setdefault((engine.node, device), where)
+            if other != where:
+                check.problems.append(f"{where}: node {engine.node} device {device} is already used by {other}; move first_device")
+                break
+
+
+# ---------------------------------------------------------------- batches, algorithm, data
+
+
+def _check_batches(cfg: RunConfig, check: _Check) -> None:
+    r, t, dp = cfg.rollout, cfg.trainer, cfg.parallel.dp
+    sequences = r.prompts_per_step * r.n_per_prompt
+    check.need(
+        r.prompts_per_step % dp == 0,
+        f"rollout.prompts_per_step={r.prompts_per_step}: not divisible by parallel.dp={dp} (prompts are DP-sharded)",
+    )
+    check.need(
+        sequences % t.global_batch_size == 0,
+        f"trainer.global_batch_size={t.global_batch_size}: must divide the sequences per step "
+        f"(rollout.prompts_per_step * rollout.n_per_prompt = {sequences})",
+    )
+    check.need(
+        t.global_batch_size % (t.micro_batch_size * dp) == 0,
+        f"trainer.global_batch_size={t.global_batch_size}: must be a multiple of trainer.micro_batch_size * parallel.dp "
+        f"= {t.micro_batch_size * dp}",
+    )
+
+
+def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
+    names = [o.name for o in cfg.opponents]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    check.need(not duplicates, f"opponents: names must be unique; repeated: {duplicates}")
+    algorithm = cfg.algorithm
+    if algorithm.name in ("elo_evolve", "static_pairwise"):
+        check.need(bool(cfg.opponents), f"opponents: algorithm.name={algorithm.name} needs at least one opponent")
+    if algorithm.name == "static_pairwise":
+        check.need(
+            algorithm.static_opponent in names,
+            f"algorithm.static_opponent: {algorithm.static_opponent!r} is not an opponent name; choose one of {names}",
+        )
+    for i, name in enumerate(cfg.eval.opponents):
+        check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
+    if cfg.judge.kind == "llm":
+        check.need(cfg.judge.model is not None, "judge.model: an LLM judge (judge.kind=llm) needs a model")
+    else:
+        check.need(cfg.judge.task is not None, "judge.task: a programmatic judge needs a task (arithmetic or sorting)")
+
+
+def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
+    data = cfg.data
+    if data.format == "synthetic":
+        check.need(
+            cfg.judge.kind != "programmatic" or cfg.judge.task == data.synthetic.task,
+            f"judge.task={cfg.judge.task!r} must match data.synthetic.task={data.synthetic.task!r}",
+        )
+        return
+    if not check.need(data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
+        return
+    paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path, "judge.template": cfg.judge.template}
+    for name, path in paths.items():
+        if path is None:
+            continue
+        if check_paths:
+            check.need(Path(path).is_file(), f"{name}: file {path!r} does not exist")
+        if name.startswith("data.") and not path.endswith((".jsonl", ".parquet", ".json")):
+            check.problems.append(f"{name}: {path!r} should end in .jsonl or .parquet")
+        elif name.startswith("data.") and not path.endswith(f".{data.format}") and not (data.format == "jsonl" and path.endswith(".json")):
+            check.problems.append(f"{name}: {path!r} does not match data.format={data.format}")

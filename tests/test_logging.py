@@ -1,0 +1,44 @@
+"""Rank-aware logging: rank 0 prints info, other ranks only warnings and errors."""
+
+from __future__ import annotations
+
+import logging
+
+from megatron_elo.utils.logging import get_logger, progress_bar, setup_logging
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _capture(rank: int, all_ranks: bool = False) -> list[str]:
+    logger = setup_logging(rank=rank, all_ranks=all_ranks)
+    collector = _Collect()
+    collector.addFilter(logger.handlers[0].filters[0])
+    logger.addHandler(collector)
+    child = get_logger("trainer")
+    child.info("info line")
+    child.warning("warning line")
+    return collector.messages
+
+
+def test_rank0_prints_info_other_ranks_only_warnings():
+    assert _capture(0) == ["info line", "warning line"]
+    assert _capture(3) == ["warning line"]
+    assert _capture(3, all_ranks=True) == ["info line", "warning line"]
+
+
+def test_child_loggers_hang_under_the_project_logger():
+    assert get_logger("x").name == "megatron_elo.x"
+    assert get_logger("megatron_elo.y").name == "megatron_elo.y"
+
+
+def test_disabled_progress_bar_is_a_no_op():
+    with progress_bar(total=3, description="x", enabled=False) as bar:
+        bar.advance()
+        bar.update(loss=1.0)
