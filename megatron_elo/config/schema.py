@@ -178,6 +178,10 @@ class EloConfig:
     """Elo ratings and the opponent-sampling curriculum."""
 
     k_factor: float = opt(32.0, "Elo K: R += K * (S - E).")
+    batch_reduction: Literal["mean", "sum"] = opt(
+        "mean", "A player's changes over one step's games: mean (one K-sized step per batch, whatever the batch size) "
+        "or sum (classic Elo, K per game)."
+    )
     initial_rating: float = opt(1000.0, "Default starting rating (the policy's, and opponents' without their own).")
     selection: Literal["rating_gap", "expected_score"] = opt(
         "rating_gap", "Selection logits: -|R_policy - R_j| / T, or -|E(policy beats j) - target_win_rate| / T."
