@@ -174,9 +174,20 @@ def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
              "rollout.engine.tp=3", "opponents.0.engine.dp=3", "opponents.1.engine.dp=3", "opponents.2.engine.dp=3")
     text = problems_of(excinfo)
     assert "parallel.tp=3: model.arch.num_attention_heads=2 is not divisible by it" in text
-    assert "parallel.tp=3: model.arch.num_kv_heads=2 neither divides nor is divisible by it" in text
+    assert "parallel.tp=3: model.arch.num_kv_heads=2 is not divisible by it (the trainer's TP must divide the KV heads)" in text
     assert "parallel.tp=3: model.arch.vocab_size=128 is not divisible by it; set model.pad_vocab_to_multiple_of" in text
     assert "parallel.tp=3: model.arch.ffn_hidden_size=256 is not divisible by it" in text
+
+
+def test_engines_may_replicate_kv_heads_but_the_trainer_may_not():
+    cfg = validate(load_config(QWEN7B, ["opponents.qwen3-8b.engine.tp=2", "opponents.qwen3-8b.engine.first_device=6",
+                                        "judge.engine.first_device=7"]), check_paths=False)
+    assert cfg.opponents[2].engine.tp == 2
+    with pytest.raises(ConfigError, match=r"parallel.tp=4: model.arch.num_kv_heads=2 is not divisible"):
+        tiny("model.arch.num_attention_heads=4", "model.arch.head_dim=32", "parallel.tp=4", "cluster.devices_per_node=4",
+             "rollout.engine.tp=4", "opponents.0.engine.dp=4", "opponents.1.engine.dp=4", "opponents.2.engine.dp=4",
+             "opponents.0.model.arch.num_attention_heads=4", "opponents.1.model.arch.num_attention_heads=4",
+             "opponents.2.model.arch.num_attention_heads=4")
 
 
 def test_vocab_padding_lifts_the_vocab_rule():

@@ -169,16 +169,25 @@ def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> Non
     )
 
 
-def _check_arch_tp(arch: ArchConfig, tp: int, tp_field: str, arch_field: str, check: _Check, *, check_vocab: bool) -> None:
-    """Heads, KV heads, FFN and (unless padded) vocab must split evenly over ``tp`` ranks."""
+def _check_arch_tp(arch: ArchConfig, tp: int, tp_field: str, arch_field: str, check: _Check, *, check_vocab: bool,
+                   replicate_kv_heads: bool = False) -> None:
+    """Heads, KV heads, FFN and (unless padded) vocab must split evenly over ``tp`` ranks; an engine
+    (``replicate_kv_heads``) may also have tp a multiple of the KV heads."""
     check.need(
         arch.num_attention_heads % tp == 0,
         f"{tp_field}={tp}: {arch_field}.num_attention_heads={arch.num_attention_heads} is not divisible by it",
     )
-    check.need(
-        arch.num_kv_heads % tp == 0 or tp % arch.num_kv_heads == 0,
-        f"{tp_field}={tp}: {arch_field}.num_kv_heads={arch.num_kv_heads} neither divides nor is divisible by it",
-    )
+    if replicate_kv_heads:  # vLLM replicates KV heads when tp > kv heads
+        check.need(
+            arch.num_kv_heads % tp == 0 or tp % arch.num_kv_heads == 0,
+            f"{tp_field}={tp}: {arch_field}.num_kv_heads={arch.num_kv_heads} neither divides nor is divisible by it",
+        )
+    else:  # megatron-core's tp > kv-heads path reads global parallel state, which is never initialised here
+        check.need(
+            arch.num_kv_heads % tp == 0,
+            f"{tp_field}={tp}: {arch_field}.num_kv_heads={arch.num_kv_heads} is not divisible by it (the trainer's TP "
+            f"must divide the KV heads)",
+        )
     check.need(
         arch.head_dim is not None or arch.hidden_size % arch.num_attention_heads == 0,
         f"{arch_field}.hidden_size={arch.hidden_size} is not divisible by num_attention_heads={arch.num_attention_heads}; set head_dim",
@@ -222,7 +231,7 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
         model = _engine_model(cfg, where)
         if model is not None and model.arch is not None:  # vLLM pads the vocab itself
             arch_field = "model.arch" if where == "rollout.engine" else where.removesuffix(".engine") + ".model.arch"
-            _check_arch_tp(model.arch, engine.tp, f"{where}.tp", arch_field, check, check_vocab=False)
+            _check_arch_tp(model.arch, engine.tp, f"{where}.tp", arch_field, check, check_vocab=False, replicate_kv_heads=True)
         if engine.placement == "colocated":
             check.need(
                 engine.num_devices == world,

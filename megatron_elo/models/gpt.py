@@ -1,0 +1,121 @@
+"""The policy / reference model: a megatron-core GPTModel built from an ``ArchConfig``.
+
+Layer spec: transformer-engine's when it imports and the model is on CUDA (NGC container), else
+megatron-core's local spec with core attention replaced by ``SDPAttention`` (torch SDPA: flash /
+memory-efficient kernels on GPU, the math kernel on CPU). How the model is parallelised comes only
+from the ``ProcessGroups`` passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_elo.config.schema import ArchConfig
+from megatron_elo.parallel.groups import ProcessGroups
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def transformer_engine_available() -> bool:
+    """True when transformer-engine imports (only in the NGC container; used for the TE layer spec)."""
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError, or a broken CUDA library load
+        return False
+    return True
+
+
+class SDPAttention(torch.nn.Module):
+    """Core attention with ``torch.nn.functional.scaled_dot_product_attention`` (causal, GQA).
+
+    Same constructor and forward signature as megatron-core's DotProductAttention:
+    query [s, b, heads, d], key / value [s, b, groups, d] -> [s, b, heads * d].
+    """
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__()
+        self.config = config
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None):
+        if packed_seq_params is not None:
+            raise NotImplementedError("SDPAttention does not take packed sequences; pad the batch instead")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        seq, batch = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+
+
+def transformer_config(arch: ArchConfig, *, tp: int, pp: int, dtype: str, sequence_parallel: bool = False):
+    """megatron-core TransformerConfig for ``arch`` (RMSNorm, SwiGLU, RoPE, GQA, no linear biases
+    except Qwen2's QKV bias, Qwen3's QK norm). Fusions that need CUDA/TE are off."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    torch_dtype = DTYPES[dtype]
+    return TransformerConfig(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size, ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_attention_heads, num_query_groups=arch.num_kv_heads, kv_channels=arch.kv_channels,
+        normalization="RMSNorm", layernorm_epsilon=arch.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
+        add_bias_linear=False, add_qkv_bias=arch.family == "qwen2", qk_layernorm=arch.family == "qwen3",
+        hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=sequence_parallel,
+        params_dtype=torch_dtype, pipeline_dtype=torch_dtype, bf16=torch_dtype == torch.bfloat16, fp16=torch_dtype == torch.float16,
+        use_cpu_initialization=True, perform_initialization=False,  # weights always come from a full state dict
+        bias_activation_fusion=False, bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False, persist_layer_norm=False,
+    )
+
+
+def layer_spec(arch: ArchConfig, *, use_transformer_engine: bool):
+    """TE spec (NGC container) or the local spec with SDPA core attention."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    qk_norm = arch.family == "qwen3"
+    if use_transformer_engine:
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_norm)
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def build_gpt_model(arch: ArchConfig, groups: ProcessGroups, *, padded_vocab: int, dtype: str = "fp32",
+                    device: str = "cpu", sequence_parallel: bool = False):
+    """This rank's shard of the model (its TP slice of its PP stage), uninitialised: load weights
+    with ``model.load_state_dict(shard_for_rank(...))``."""
+    from megatron.core.models.gpt import GPTModel
+
+    layout = groups.layout
+    use_te = device == "cuda" and transformer_engine_available()
+    config = transformer_config(arch, tp=layout.tp, pp=layout.pp, dtype=dtype, sequence_parallel=sequence_parallel)
+    model = GPTModel(
+        config, layer_spec(arch, use_transformer_engine=use_te), vocab_size=padded_vocab,
+        max_sequence_length=arch.max_position_embeddings, pre_process=groups.is_first_stage,
+        post_process=groups.is_last_stage, parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings, position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta), pg_collection=groups.megatron_collection(),
+    )
+    if device == "cpu":
+        _keep_rope_on_cpu(model)
+    return model.to(device)
+
+
+def _keep_rope_on_cpu(model) -> None:
+    """megatron-core 0.16's RotaryEmbedding.get_emb moves inv_freq to CUDA unconditionally; on CPU
+    swap in a subclass that computes the same table where inv_freq lives."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    class CpuRotaryEmbedding(RotaryEmbedding):
+        def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
+            freqs = self.get_freqs_non_repeated(max_seq_len, offset)
+            if self.rotary_interleaved:
+                emb = torch.stack((freqs.view(-1, 1), freqs.view(-1, 1)), dim=-1).view(freqs.shape[0], -1)
+            else:
+                emb = torch.cat((freqs, freqs), dim=-1)
+            return emb[:, None, None, :]
+
+    rope = getattr(model, "rotary_pos_emb", None)
+    if rope is not None:
+        rope.__class__ = CpuRotaryEmbedding
