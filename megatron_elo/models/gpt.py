@@ -119,3 +119,16 @@ def _keep_rope_on_cpu(model) -> None:
     rope = getattr(model, "rotary_pos_emb", None)
     if rope is not None:
         rope.__class__ = CpuRotaryEmbedding
+
+
+def load_full_state(model, full_state, arch: ArchConfig, groups: ProcessGroups) -> None:
+    """Load this rank's slice of a full (TP = PP = 1) Megatron state dict into ``model``; every
+    weight must be present (megatron's ``_extra_state`` entries excepted)."""
+    from megatron_elo.models.hf_mapping import shard_for_rank
+
+    c, layout = groups.coords, groups.layout
+    shard = shard_for_rank(full_state, arch, tp_rank=c.tp_rank, tp=layout.tp, pp_rank=c.pp_rank, pp=layout.pp)
+    missing, unexpected = model.load_state_dict(shard, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise KeyError(f"weights do not fit the model shard: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -166,6 +166,11 @@ def _tp_rule(megatron_name: str) -> str:
     raise KeyError(f"no TP rule for Megatron weight {megatron_name!r}")
 
 
+def is_tp_sharded(name: str) -> bool:
+    """True when Megatron weight ``name`` is split over TP ranks (False: replicated on each)."""
+    return _tp_rule(name) != REPLICATED
+
+
 def shard_tp(name: str, full: torch.Tensor, *, tp_rank: int, tp: int) -> torch.Tensor:
     """The slice of Megatron weight ``name`` that TP rank ``tp_rank`` of ``tp`` holds."""
     rule = _tp_rule(name)

@@ -1,0 +1,110 @@
+"""Sharded training checkpoints: model shard, optimizer, schedule, RNG and step, per (tp, pp) rank.
+
+    <dir>/step_00000010/
+        meta.json                 step, layout, arch (written last: a directory without it is incomplete)
+        shard_tp0_pp0.pt ...      model + optimizer + scheduler state of each (tp, pp) shard (DP rank 0 writes)
+        rng_rank0.pt ...          each rank's torch / numpy / python RNG states
+
+Shards are identical across DP ranks (no distributed optimizer on this path), so a checkpoint
+resumes under a different DP size; TP and PP must match (convert through HF to change them).
+Each step is written to a temporary directory and renamed into place, so an interrupted save never
+damages an earlier checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_elo.trainer.step import PolicyTrainer
+
+META = "meta.json"
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    """Directory of the checkpoint at ``step``."""
+    return Path(root) / f"step_{step:08d}"
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (one with meta.json), or None."""
+    complete = sorted(p for p in Path(root).glob("step_*") if (p / META).is_file())
+    return complete[-1] if complete else None
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | None = None, keep_last: int = 0) -> Path:
+    """Write the trainer's state at its current step (collective: every rank calls it).
+
+    extra: JSON-serialisable run state kept in meta.json (data position, Elo pool, MLflow run id).
+    keep_last: delete all but the newest ``keep_last`` checkpoints afterwards (0 keeps all).
+    """
+    groups = trainer.groups
+    rank, c = dist.get_rank(), groups.coords
+    final = step_dir(root, trainer.step)
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    if c.dp_rank == 0:
+        torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                    "scheduler": trainer.scheduler.state_dict(), "step": trainer.step},
+                   tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
+    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        layout = groups.layout
+        meta = {"step": trainer.step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+                "arch": dataclasses.asdict(trainer.arch), "extra": extra or {}}
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep_last > 0:
+            for old in sorted(p for p in Path(root).glob("step_*") if (p / META).is_file())[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
+    """Restore model, optimizer, scheduler, step and RNG from ``path``; returns meta["extra"].
+
+    Raises ValueError naming the mismatch when the checkpoint's TP / PP or architecture differ.
+    """
+    path = Path(path)
+    meta_file = path / META
+    if not meta_file.is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {META}); pick one listed by latest_checkpoint()")
+    meta = json.loads(meta_file.read_text())
+    layout, c = trainer.groups.layout, trainer.groups.coords
+    if (meta["tp"], meta["pp"]) != (layout.tp, layout.pp):
+        raise ValueError(f"{path} was written with tp={meta['tp']} pp={meta['pp']}, this run has tp={layout.tp} "
+                         f"pp={layout.pp}; set parallel.tp/pp to match (DP may differ)")
+    if meta["arch"] != dataclasses.asdict(trainer.arch):
+        raise ValueError(f"{path} holds a different architecture than model.arch; point checkpointing at a fresh directory")
+    shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", weights_only=False)
+    trainer.model.load_state_dict(shard["model"])
+    trainer.optimizer.load_state_dict(shard["optimizer"])
+    trainer.scheduler.load_state_dict(shard["scheduler"])
+    trainer.step = shard["step"]
+    rng_file = path / f"rng_rank{dist.get_rank()}.pt"
+    if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return meta["extra"]

@@ -1,0 +1,227 @@
+"""The train step: same loss and gradients across TP / DP / PP layouts (2 processes over gloo),
+hand-checked LR schedule, bit-exact resume, resume under a different DP size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_elo.config.hf_arch import read_hf_arch
+from megatron_elo.config.schema import ArchConfig, TrainerConfig
+from megatron_elo.models.hf_io import load_hf_state_dict
+from megatron_elo.models.hf_mapping import hf_to_megatron, merge_stages, padded_vocab_size, unshard_tp
+from megatron_elo.models.tiny import make_tiny_hf_model
+from megatron_elo.trainer.step import TrainBatch, lr_factor
+from tests.distributed import run_distributed
+
+pytest.importorskip("megatron.core")
+
+ARCH = ArchConfig(family="qwen2", num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=2, num_kv_heads=2,
+                  head_dim=32, vocab_size=90, max_position_embeddings=64, tie_word_embeddings=True)
+TRAINER = TrainerConfig(lr=1e-3, warmup_steps=1, micro_batch_size=2, global_batch_size=8, kl_coef=0.1, entropy_coef=0.01,
+                        grad_clip=1.0, clip_low=0.2, clip_high=0.28, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(make_tiny_hf_model(ARCH, tmp_path_factory.mktemp("policy") / "hf", seed=11))
+
+
+def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -> TrainBatch:
+    """A global batch with prompts of varying length, old log-probs near the model's own (some tokens clip)."""
+    import transformers
+
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, ARCH.vocab_size, (size, seq), generator=gen)
+    prompt_len = torch.randint(2, 6, (size,), generator=gen)
+    end = torch.randint(8, seq + 1, (size,), generator=gen)
+    positions = torch.arange(seq)[None]
+    mask = (positions >= prompt_len[:, None]) & (positions < end[:, None])
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(tokens).logits[:, :-1], -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    logp = torch.cat([torch.zeros(size, 1), logp], dim=1)
+    old = (logp + 0.3 * torch.randn(size, seq, generator=gen)) * mask
+    ref = (logp + 0.2 * torch.randn(size, seq, generator=gen)) * mask
+    return TrainBatch(tokens=tokens, response_mask=mask, advantages=torch.randn(size, generator=gen),
+                      old_logprobs=old, ref_logprobs=ref)
+
+
+def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10):
+    import torch.distributed as dist
+
+    from megatron_elo.models.gpt import build_gpt_model, load_full_state
+    from megatron_elo.parallel.groups import build_process_groups
+    from megatron_elo.parallel.layout import ParallelLayout
+    from megatron_elo.trainer.step import PolicyTrainer
+
+    arch = read_hf_arch(model_dir)
+    groups = build_process_groups(ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp)))
+    padded = padded_vocab_size(arch.vocab_size, tp, 16)
+    model = build_gpt_model(arch, groups, padded_vocab=padded)
+    load_full_state(model, hf_to_megatron(load_hf_state_dict(model_dir), arch, padded_vocab=padded), arch, groups)
+    return PolicyTrainer(model=model, groups=groups, arch=arch, config=TRAINER, padded_vocab=padded, total_steps=total_steps)
+
+
+def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
+    dp, d = groups.layout.dp, groups.coords.dp_rank
+    per = len(batch) // dp
+    return next(batch.micro_batches(per)) if dp == 1 else list(batch.micro_batches(per))[d]
+
+
+def grads_then_steps(rank, world_size, model_dir, tp, pp, batches):
+    """Gradients of the first batch, then the weights after one optimizer step per batch."""
+    trainer = _trainer(model_dir, tp, pp)
+    stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups))
+    norm = trainer.grad_norm()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    trainer.optimizer_step()
+    for batch in batches[1:]:
+        trainer.train_step(_dp_slice(batch, trainer.groups))
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    return trainer.groups.coords, stats, norm, grads, weights
+
+
+def _merge(results, tp: int, pp: int):
+    """Full (TP = PP = 1) grads and weights from every rank's shard (DP rank 0's)."""
+    shards = {(c.tp_rank, c.pp_rank): (g, w) for c, _, _, g, w in results if c.dp_rank == 0}
+    merged = []
+    for which in (0, 1):
+        stages = [{k: unshard_tp(k, [shards[(t, p)][which][k] for t in range(tp)]) for k in shards[(0, p)][which]}
+                  for p in range(pp)]
+        merged.append(merge_stages(stages, ARCH))
+    return merged
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    batches = [make_batch(model_dir, seed=s) for s in range(2)]
+    return batches, run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches)[0]
+
+
+@pytest.mark.parametrize("tp, pp, dp", [(2, 1, 1), (1, 1, 2), (1, 2, 1)])
+def test_loss_grads_and_updates_match_the_single_process_run(model_dir, reference, tp, pp, dp):
+    batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
+    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, batches)
+    grads, weights = _merge(results, tp, pp)
+    for _, stats, norm, _, _ in results:  # every rank reports the same numbers
+        for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
+            assert stats[key] == pytest.approx(ref_stats[key], rel=1e-5, abs=1e-6), key
+        assert norm == pytest.approx(ref_norm, rel=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-6, rtol=1e-4, msg=name)
+        # Adam divides by sqrt(v): where the true gradient is 0 (e.g. the key bias, to which softmax
+        # is invariant) rounding noise of ~1e-9 becomes a full +-lr step, differently per layout.
+        conditioned = ref_grads[name].abs() > 1e-5
+        torch.testing.assert_close(weights[name][conditioned], ref_weights[name][conditioned], atol=2e-6, rtol=1e-4,
+                                   msg=name)
+    assert 0 < ref_stats["clip_fraction"] < 1 and ref_stats["kl"] > 0
+
+
+def test_gradient_equals_autograd_through_transformers(model_dir, reference):
+    """The Megatron loss gradient w.r.t. the embedding equals one computed through the HF model."""
+    import transformers
+
+    from megatron_elo.loss.reference import (
+        PolicyLossConfig,
+        broadcast_to_tokens,
+        policy_loss,
+        token_logprobs_and_entropy,
+    )
+
+    batches, (_, ref_stats, _, ref_grads, _) = reference
+    batch = batches[0]
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    logits = model(batch.tokens).logits[:, :-1]
+    logp, ent = token_logprobs_and_entropy(logits, batch.tokens[:, 1:])
+    pad = torch.zeros(len(batch), 1)
+    logp, ent = torch.cat([pad, logp], 1), torch.cat([pad, ent], 1)
+    loss, _ = policy_loss(logp, batch.old_logprobs, broadcast_to_tokens(batch.advantages, batch.response_mask),
+                          batch.response_mask, config=PolicyLossConfig.from_trainer(TRAINER),
+                          ref_logprobs=batch.ref_logprobs, entropy=ent)
+    loss.backward()
+    assert loss.item() == pytest.approx(ref_stats["loss"], rel=1e-5)
+    hf_grad = model.model.embed_tokens.weight.grad
+    torch.testing.assert_close(ref_grads["embedding.word_embeddings.weight"][: ARCH.vocab_size], hf_grad, atol=1e-6, rtol=1e-4)
+
+
+def test_lr_schedule_hand_values():
+    kw = dict(warmup_steps=2, total_steps=12, min_ratio=0.1)
+    assert [lr_factor(s, schedule="constant", **kw) for s in (0, 1, 2, 11)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(7, schedule="linear", **kw) == pytest.approx(1 - 0.9 * 0.5)
+    assert lr_factor(7, schedule="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(12, schedule="cosine", **kw) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(5, schedule="step", **kw)
+
+
+def straight_or_resumed(rank, world_size, model_dir, batches, ckpt_root, resume_after):
+    """Train on every batch; if ``resume_after`` is set, save after that many steps, build a fresh
+    trainer, load, and continue. Returns the final weights and the step counter."""
+    from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(123)
+    trainer = _trainer(model_dir, 1, 1)
+    for i, batch in enumerate(batches):
+        if resume_after is not None and i == resume_after:
+            save_checkpoint(trainer, ckpt_root, extra={"data_position": i}, keep_last=1)
+            trainer = _trainer(model_dir, 1, 1)  # fresh weights: everything must come from disk
+            assert load_checkpoint(trainer, latest_checkpoint(ckpt_root)) == {"data_position": i}
+        trainer.train_step(_dp_slice(batch, trainer.groups))
+    return trainer.step, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, torch.rand(3)
+
+
+def test_resume_is_bit_exact(model_dir, tmp_path):
+    batches = [make_batch(model_dir, seed=s) for s in range(4)]
+    straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None)[0]
+    resumed = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2)[0]
+    assert straight[0] == resumed[0] == 4
+    assert all(torch.equal(straight[1][k], resumed[1][k]) for k in straight[1])
+    assert torch.equal(straight[2], resumed[2])  # RNG state restored too
+
+
+def save_then_report(rank, world_size, model_dir, batch, ckpt_root):
+    from megatron_elo.trainer.checkpoint import save_checkpoint
+
+    trainer = _trainer(model_dir, 1, 1)
+    trainer.train_step(_dp_slice(batch, trainer.groups))
+    save_checkpoint(trainer, ckpt_root)
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.state_dict()
+
+
+def load_then_report(rank, world_size, model_dir, ckpt_root):
+    from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
+
+    trainer = _trainer(model_dir, 1, 1)
+    load_checkpoint(trainer, latest_checkpoint(ckpt_root))
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.state_dict(), trainer.step
+
+
+def test_resume_with_a_different_dp_size(model_dir, tmp_path):
+    saved_weights, saved_optimizer = run_distributed(save_then_report, 2, model_dir, make_batch(model_dir), str(tmp_path))[0]
+    weights, optimizer, step = run_distributed(load_then_report, 1, model_dir, str(tmp_path))[0]
+    assert step == 1 and all(torch.equal(weights[k], saved_weights[k]) for k in weights)
+    for key, state in saved_optimizer["state"].items():
+        assert torch.equal(optimizer["state"][key]["exp_avg"], state["exp_avg"])
+
+
+def load_wrong_layout(rank, world_size, model_dir, ckpt_root):
+    from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
+
+    trainer = _trainer(model_dir, 2, 1)
+    try:
+        load_checkpoint(trainer, latest_checkpoint(ckpt_root))
+    except ValueError as err:
+        return str(err)
+    return "loaded"
+
+
+def test_resume_refuses_another_tp_and_incomplete_dirs(model_dir, tmp_path):
+    run_distributed(save_then_report, 1, model_dir, make_batch(model_dir), str(tmp_path))
+    messages = run_distributed(load_wrong_layout, 2, model_dir, str(tmp_path))
+    assert all("written with tp=1 pp=1, this run has tp=2 pp=1" in m for m in messages)
+    (tmp_path / "step_00000009").mkdir()
+    from megatron_elo.trainer.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path).name == "step_00000001"  # the incomplete directory is skipped
