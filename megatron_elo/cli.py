@@ -126,6 +126,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from megatron_elo.models.convert import hf_to_megatron_dir, megatron_dir_to_hf
+
+    if (args.source_format, args.target_format) == ("hf", "megatron"):
+        out = hf_to_megatron_dir(args.src, args.dst, tp=args.tp, pp=args.pp, pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of)
+    elif (args.source_format, args.target_format) == ("megatron", "hf"):
+        out = megatron_dir_to_hf(args.src, args.dst)
+    else:
+        raise ConfigError([f"convert: --from {args.source_format} --to {args.target_format} is not a conversion; use hf->megatron or megatron->hf"])
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_not_built(issue: int, what: str):
     def handler(args: argparse.Namespace) -> int:
         raise NotBuiltYet(f"{what} lands with issue #{issue}")
@@ -171,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="destination directory (must not exist)")
     convert.add_argument("--tp", type=int, default=1, help="target tensor-parallel size (to megatron)")
     convert.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size (to megatron)")
-    convert.set_defaults(handler=cmd_not_built(5, "HF <-> Megatron checkpoint conversion"))
+    convert.add_argument("--pad-vocab-to-multiple-of", type=int, default=128,
+                         help="pad the embedding so vocab divides by this times TP (to megatron)")
+    convert.set_defaults(handler=cmd_convert)
 
     compare = sub.add_parser("compare", help="run point, static pairwise and Elo-Evolve on one budget and seeds",
                              formatter_class=raw, epilog=CONFIG_HELP)
@@ -193,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotBuiltYet as err:
         log.error("not built yet: %s", err)
         return EXIT_NOT_BUILT
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_CONFIG
 
 
 if __name__ == "__main__":

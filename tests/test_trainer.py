@@ -225,3 +225,15 @@ def test_resume_refuses_another_tp_and_incomplete_dirs(model_dir, tmp_path):
     from megatron_elo.trainer.checkpoint import latest_checkpoint
 
     assert latest_checkpoint(tmp_path).name == "step_00000001"  # the incomplete directory is skipped
+
+
+def test_training_checkpoint_exports_to_hf(model_dir, tmp_path):
+    import transformers
+
+    from megatron_elo.models.convert import megatron_dir_to_hf
+
+    weights, _ = run_distributed(save_then_report, 1, model_dir, make_batch(model_dir), str(tmp_path / "ckpt"))[0]
+    out = megatron_dir_to_hf(tmp_path / "ckpt" / "step_00000001", tmp_path / "hf")
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
+    assert torch.equal(exported["model.embed_tokens.weight"], weights["embedding.word_embeddings.weight"][: ARCH.vocab_size])
+    assert torch.equal(exported["model.norm.weight"], weights["decoder.final_layernorm.weight"])
