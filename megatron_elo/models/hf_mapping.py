@@ -135,23 +135,34 @@ def hf_to_megatron(hf_state: Mapping[str, torch.Tensor], arch: ArchConfig, *, pa
     return out
 
 
+def megatron_weight_to_hf(name: str, value: torch.Tensor, arch: ArchConfig) -> list[tuple[str, torch.Tensor]]:
+    """One full Megatron weight (global layer index) -> its HF tensor(s); [] for the tied output copy."""
+    if arch.tie_word_embeddings and name == "output_layer.weight":
+        return []
+    match = re.match(r"^decoder\.layers\.(\d+)\.", name)
+    generic = re.sub(r"^decoder\.layers\.\d+\.", LAYER, name)
+    rule = next((r for r in _rules_for(arch) if r.megatron == generic), None)
+    if rule is None:
+        raise KeyError(f"no HF name for Megatron weight {name!r} (model_type {arch.family})")
+    hf_names = [h.format(i=match.group(1)) if match else h for h in rule.hf]
+    if rule.tp_rule == QKV:
+        parts = _split_qkv(value, arch)
+    elif rule.tp_rule == GATE_UP:
+        parts = tuple(torch.chunk(value, 2, dim=0))
+    elif rule.tp_rule == VOCAB:
+        parts = (value[: arch.vocab_size],)
+    else:
+        parts = (value,)
+    return [(n, p.clone()) for n, p in zip(hf_names, parts, strict=True)]
+
+
 def megatron_to_hf(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> dict[str, torch.Tensor]:
     """Full Megatron state dict -> HF state dict (vocab padding removed; no ``lm_head`` when tied,
     as HF checkpoints store it)."""
     out: dict[str, torch.Tensor] = {}
-    for rule in _rules_for(arch):
-        for megatron_name, hf_names in _layer_names(rule, arch):
-            value = state[megatron_name]
-            if rule.tp_rule == QKV:
-                parts = _split_qkv(value, arch)
-            elif rule.tp_rule == GATE_UP:
-                parts = tuple(torch.chunk(value, 2, dim=0))
-            elif rule.tp_rule == VOCAB:
-                parts = (value[: arch.vocab_size],)
-            else:
-                parts = (value,)
-            for name, part in zip(hf_names, parts, strict=True):
-                out[name] = part.clone()
+    for name, value in state.items():
+        if not name.endswith("_extra_state"):
+            out.update(megatron_weight_to_hf(name, value, arch))
     return out
 
 
