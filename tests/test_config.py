@@ -27,6 +27,15 @@ def tiny(*overrides: str, world_size: int | None = None):
     return validate(load_config(TINY, list(overrides)), world_size=world_size)
 
 
+RANDOM_INIT = ("prepare=null", "model.path=null", "opponents.0.model.path=null", "opponents.1.model.path=null",
+               "opponents.2.model.path=null")
+
+
+def tiny_random(*overrides: str):
+    """The tiny config with random-init models (arch from the YAML alone), for architecture checks."""
+    return tiny(*RANDOM_INIT, *overrides)
+
+
 def problems_of(excinfo) -> str:
     return "\n".join(excinfo.value.problems)
 
@@ -35,7 +44,8 @@ def problems_of(excinfo) -> str:
 
 
 def test_tiny_cpu_config_is_valid():
-    cfg = tiny()
+    cfg = tiny()  # its players do not exist yet: `prepare` makes them, so their paths are not required
+    assert cfg.model.arch == cfg.prepare.arch
     assert cfg.cluster.device == "cpu"
     assert cfg.model.arch.kv_channels == 64  # vLLM's CPU attention needs head_dim >= 32
     assert [o.name for o in cfg.opponents] == ["weak", "medium", "strong"]
@@ -136,6 +146,12 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert validate(load_config(path)) == cfg
 
 
+def test_an_override_of_a_yaml_alias_changes_only_that_place():
+    cfg = load_config(TINY, ["opponents.weak.model.arch.num_layers=4"])  # every arch is the anchor *tiny_arch
+    assert cfg.opponents[0].model.arch.num_layers == 4
+    assert cfg.model.arch.num_layers == cfg.opponents[1].model.arch.num_layers == cfg.prepare.arch.num_layers == 2
+
+
 def test_apply_overrides_does_not_touch_the_input():
     raw = {"trainer": {"lr": 1.0}}
     assert apply_overrides(raw, ["trainer.lr=2"]) == {"trainer": {"lr": 2}}
@@ -170,7 +186,7 @@ def test_world_size_from_the_launcher_is_checked(monkeypatch):
 
 def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
     with pytest.raises(ConfigError) as excinfo:
-        tiny("parallel.tp=3", "cluster.devices_per_node=3", "model.arch.vocab_size=128",
+        tiny_random("parallel.tp=3", "cluster.devices_per_node=3", "model.arch.vocab_size=128",
              "rollout.engine.tp=3", "opponents.0.engine.dp=3", "opponents.1.engine.dp=3", "opponents.2.engine.dp=3")
     text = problems_of(excinfo)
     assert "parallel.tp=3: model.arch.num_attention_heads=2 is not divisible by it" in text
@@ -180,21 +196,21 @@ def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
 
 
 def test_engines_may_replicate_kv_heads_but_the_trainer_may_not():
-    cfg = validate(load_config(QWEN7B, ["opponents.qwen3-8b.engine.tp=2", "opponents.qwen3-8b.engine.first_device=6",
-                                        "judge.engine.first_device=7"]), check_paths=False)
-    assert cfg.opponents[2].engine.tp == 2
+    four_heads = [f"{m}.arch.num_attention_heads=4" for m in ("model", "opponents.0.model", "opponents.1.model", "opponents.2.model")]
+    four_heads += [f"{m}.arch.head_dim=32" for m in ("model", "opponents.0.model", "opponents.1.model", "opponents.2.model")]
+    world = ["cluster.devices_per_node=4", "opponents.0.engine.dp=4", "opponents.1.engine.dp=4"]
+    # An opponent engine with tp=4 over 2 KV heads replicates them (vLLM does); fine.
+    cfg = tiny_random(*four_heads, *world, "parallel.dp=4", "rollout.engine.dp=4", "opponents.2.engine.tp=4")
+    assert cfg.opponents[2].engine.tp == 4
     with pytest.raises(ConfigError, match=r"parallel.tp=4: model.arch.num_kv_heads=2 is not divisible"):
-        tiny("model.arch.num_attention_heads=4", "model.arch.head_dim=32", "parallel.tp=4", "cluster.devices_per_node=4",
-             "rollout.engine.tp=4", "opponents.0.engine.dp=4", "opponents.1.engine.dp=4", "opponents.2.engine.dp=4",
-             "opponents.0.model.arch.num_attention_heads=4", "opponents.1.model.arch.num_attention_heads=4",
-             "opponents.2.model.arch.num_attention_heads=4")
+        tiny_random(*four_heads, *world, "parallel.tp=4", "rollout.engine.tp=4", "opponents.2.engine.dp=4")
 
 
 def test_vocab_padding_lifts_the_vocab_rule():
     with pytest.raises(ConfigError, match="vocab_size=127 is not divisible"):
-        tiny("model.arch.vocab_size=127", "parallel.tp=2", "cluster.devices_per_node=2", "rollout.engine.tp=2",
+        tiny_random("model.arch.vocab_size=127", "parallel.tp=2", "cluster.devices_per_node=2", "rollout.engine.tp=2",
              "opponents.0.engine.dp=2", "opponents.1.engine.dp=2", "opponents.2.engine.dp=2")
-    cfg = tiny("model.arch.vocab_size=127", "model.pad_vocab_to_multiple_of=64", "parallel.tp=2",
+    cfg = tiny_random("model.arch.vocab_size=127", "model.pad_vocab_to_multiple_of=64", "parallel.tp=2",
                "cluster.devices_per_node=2", "rollout.engine.tp=2",
                "opponents.0.engine.dp=2", "opponents.1.engine.dp=2", "opponents.2.engine.dp=2")
     assert cfg.parallel.tp == 2
@@ -202,7 +218,7 @@ def test_vocab_padding_lifts_the_vocab_rule():
 
 def test_layers_must_divide_by_pp():
     with pytest.raises(ConfigError) as excinfo:
-        tiny("model.arch.num_layers=3", "parallel.pp=2", "cluster.devices_per_node=2", "rollout.engine.dp=2",
+        tiny_random("model.arch.num_layers=3", "parallel.pp=2", "cluster.devices_per_node=2", "rollout.engine.dp=2",
              "opponents.0.engine.dp=2", "opponents.1.engine.dp=2", "opponents.2.engine.dp=2")
     assert "parallel.pp=2: model.arch.num_layers=3 is not divisible by it" in problems_of(excinfo)
 
@@ -311,4 +327,11 @@ def test_unsupported_or_incomplete_checkpoint_config(tmp_path):
 
 def test_a_model_needs_a_path_or_an_arch():
     with pytest.raises(ConfigError, match=r"opponents.0.model: set opponents.0.model.path .* or opponents.0.model.arch"):
-        tiny("opponents.weak.model.arch=null")
+        tiny_random("opponents.weak.model.arch=null")
+
+
+def test_prepared_players_must_match_prepare_arch():
+    with pytest.raises(ConfigError, match=r"opponents.0.model.arch: differs from prepare.arch"):
+        tiny("opponents.weak.model.arch.num_layers=4")
+    with pytest.raises(ConfigError, match=r"opponents.0.model.path: 'runs/elsewhere' has no config.json"):
+        tiny("opponents.weak.model.path=runs/elsewhere")

@@ -196,7 +196,17 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError([f"config file {str(path)!r}: top level must be a mapping, got {type(raw).__name__}"])
-    return raw
+    return _unshare(raw)
+
+
+def _unshare(node: Any) -> Any:
+    """A copy in which every mapping and list is its own object. YAML anchors (``*tiny_arch``)
+    load as one shared object; without this an override of one alias would change them all."""
+    if isinstance(node, dict):
+        return {key: _unshare(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshare(value) for value in node]
+    return node
 
 
 def config_from_dict(raw: dict) -> RunConfig:

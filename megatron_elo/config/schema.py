@@ -210,6 +210,7 @@ class SyntheticDataConfig:
     task: Literal["arithmetic", "sorting"] = opt("arithmetic", "Which task.")
     num_train: int = opt(2000, "Training prompts.")
     num_eval: int = opt(200, "Held-out prompts.")
+    max_operand: int = opt(20, "Largest operand of the problems.")
     seed: int = opt(0, "Generation seed.")
 
 
@@ -258,6 +259,26 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True)
+class SnapshotConfig:
+    """One prepared player: where it is saved and after how many SFT steps."""
+
+    path: str = opt(MISSING, "Directory the snapshot is saved to (an HF checkpoint); models point at it with model.path.")
+    sft_steps: int = opt(MISSING, "SFT steps before this snapshot: fewer steps, weaker player.")
+
+
+@dataclass(kw_only=True)
+class PrepareConfig:
+    """Make tiny players locally before the run (the CPU demo): one model of ``arch`` is trained by SFT
+    on the synthetic task and saved at each snapshot's step count. Existing snapshots are reused."""
+
+    arch: ArchConfig = opt(factory=ArchConfig, help="Architecture of the prepared players.")
+    snapshots: list[SnapshotConfig] = opt(factory=list, help="Snapshots to save (path, SFT steps).")
+    lr: float = opt(1e-3, "SFT learning rate.")
+    batch_size: int = opt(64, "SFT batch size (problems).")
+    seed: int = opt(0, "SFT seed.")
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """A whole run. Top-level keys of a YAML config are these fields."""
 
@@ -276,3 +297,4 @@ class RunConfig:
     eval: EvalConfig = opt(factory=EvalConfig, help="Held-out evaluation.")
     tracking: TrackingConfig = opt(factory=TrackingConfig, help="MLflow.")
     checkpoint: CheckpointConfig = opt(factory=CheckpointConfig, help="Checkpoints.")
+    prepare: PrepareConfig | None = opt(None, "Tiny players made locally before the run (CPU demo); None for real checkpoints.")

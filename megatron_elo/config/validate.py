@@ -50,11 +50,12 @@ def validate(cfg: RunConfig, *, world_size: int | None = None, check_paths: bool
     """
     check = _Check([])
     _check_ranges(cfg, check)
-    _resolve_arch(cfg.model, "model", check, check_paths)
+    prepared = {s.path: cfg.prepare.arch for s in cfg.prepare.snapshots} if cfg.prepare else {}
+    _resolve_arch(cfg.model, "model", check, check_paths, prepared)
     for i, opponent in enumerate(cfg.opponents):
-        _resolve_arch(opponent.model, f"opponents.{i}.model", check, check_paths)
+        _resolve_arch(opponent.model, f"opponents.{i}.model", check, check_paths, prepared)
     if cfg.judge.model is not None:
-        _resolve_arch(cfg.judge.model, "judge.model", check, check_paths)
+        _resolve_arch(cfg.judge.model, "judge.model", check, check_paths, prepared)
     if check.problems:  # later checks need sane numbers and architectures
         raise ConfigError(check.problems)
     _check_trainer_layout(cfg, check, world_size or trainer_world_size(cfg))
@@ -124,12 +125,20 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
 # ---------------------------------------------------------------- models
 
 
-def _resolve_arch(model: ModelConfig, where: str, check: _Check, check_paths: bool) -> None:
-    """Fill ``model.arch`` from ``<model.path>/config.json``; ``where`` is the model's dotted field."""
+def _resolve_arch(model: ModelConfig, where: str, check: _Check, check_paths: bool,
+                  prepared: dict[str, ArchConfig]) -> None:
+    """Fill ``model.arch`` from ``<model.path>/config.json`` (or from ``prepare`` for a player the run
+    makes itself); ``where`` is the model's dotted field."""
     if model.path is None:
         check.need(model.arch is not None, f"{where}: set {where}.path (an HF checkpoint dir) or {where}.arch (random init)")
         return
     config_json = Path(model.path) / "config.json"
+    if not config_json.is_file() and model.path in prepared:  # made by the run itself before anything loads it
+        if model.arch is None:
+            model.arch = prepared[model.path]
+        elif model.arch != prepared[model.path]:
+            check.problems.append(f"{where}.arch: differs from prepare.arch, which {model.path!r} is made with")
+        return
     if not config_json.is_file():
         if check_paths:
             check.problems.append(f"{where}.path: {model.path!r} has no config.json; point it at a local HF checkpoint directory")

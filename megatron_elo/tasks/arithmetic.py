@@ -1,0 +1,73 @@
+"""A verifiable task for the CPU demo: integer addition, a character tokenizer, and the checker.
+
+    "37+45="  ->  "82"          tokens: [BOS] 3 7 + 4 5 =  |  8 2 [EOS]
+
+A better answer is checkable: its error |answer - truth| is smaller (unparsable answers are worst).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from megatron_elo.flow import Prompt
+
+PAD, BOS, EOS = 0, 1, 2
+CHARS = "0123456789+-=*? "
+
+
+@dataclass(frozen=True)
+class CharTokenizer:
+    """Three special ids (pad 0, bos 1, eos 2), then one id per character of ``CHARS``."""
+
+    pad_id: int = PAD
+    bos_id: int = BOS
+    eos_id: int = EOS
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids in use (the model's vocabulary may be larger)."""
+        return 3 + len(CHARS)
+
+    def encode(self, text: str) -> list[int]:
+        """Characters -> ids; raises ValueError naming a character outside ``CHARS``."""
+        try:
+            return [3 + CHARS.index(ch) for ch in text]
+        except ValueError:
+            bad = next(ch for ch in text if ch not in CHARS)
+            raise ValueError(f"character {bad!r} is not in the task alphabet {CHARS!r}") from None
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """[BOS] + characters: what the policy is asked to continue."""
+        return [self.bos_id, *self.encode(text)]
+
+    def decode(self, ids) -> str:
+        """Ids -> text, stopping at EOS; ids outside the alphabet become '?'."""
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            out.append(CHARS[i - 3] if 3 <= i < 3 + len(CHARS) else "?")
+        return "".join(out)
+
+
+def make_prompts(count: int, *, seed: int, max_operand: int = 99, split: str = "train") -> list[Prompt]:
+    """``count`` addition problems a+b= with 0 <= a, b <= max_operand; ids are stable per (split, seed, i)."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    pairs = rng.integers(0, max_operand + 1, size=(count, 2))
+    return [Prompt(prompt_id=f"{split}-{seed}-{i}", text=f"{a}+{b}=", reference=str(a + b)) for i, (a, b) in enumerate(pairs)]
+
+
+def answer_error(answer: str, reference: str) -> float:
+    """|answer - truth| as a number; inf when the answer is not an integer."""
+    text = answer.strip()
+    if not text or not (text.isdigit() or (text[0] == "-" and text[1:].isdigit())):
+        return math.inf
+    return float(abs(int(text) - int(reference)))
+
+
+def absolute_score(answer: str, reference: str) -> float:
+    """Point-wise score in [0, 10]: 10 when exact, one point less per unit of error, 0 if unparsable."""
+    return max(0.0, 10.0 - answer_error(answer, reference))
