@@ -15,7 +15,6 @@ import dataclasses
 import os
 import sys
 import typing
-from pathlib import Path
 
 from megatron_elo.config.loader import ConfigError, dump_yaml, load_config
 from megatron_elo.config.schema import RunConfig
@@ -116,14 +115,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_plan(plan_devices(cfg))
         print("configuration is valid (dry run: nothing started)")
         return 0
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "resolved_config.yaml").write_text(dump_yaml(cfg))
-    raise NotBuiltYet(
-        "the training loop (rollouts -> games -> judge -> train step -> weight sync) lands with issue #4; "
-        f"the resolved config was saved to {run_dir / 'resolved_config.yaml'}. Use --dry-run to check a config."
-    )
+    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+
+    try:
+        summary = EloEvolveRun(cfg).run()
+    except NotSupportedYet as err:
+        raise NotBuiltYet(str(err)) from None
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    """The end-of-run report: held-out win rate before and after, ratings, where everything is."""
+    print(f"held-out win rate: {summary['win_rate_before']:.3f} -> {summary['win_rate_after']:.3f} "
+          f"(95% CI +-{summary['ci95_after']:.3f}); exact answers {summary['exact_before']:.2f} -> {summary['exact_after']:.2f}")
+    print("Elo:", ", ".join(f"{k} {v:.0f}" for k, v in summary["elo"].items()))
+    print(f"run directory: {summary['run_dir']}")
+    if summary.get("export"):
+        print(f"final policy (HF format): {summary['export']}")
+    if summary.get("mlflow"):
+        print(f"MLflow: {summary['mlflow']}  (browse: mlflow ui --backend-store-uri {summary['mlflow'].split(' ')[0]})")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -74,6 +74,8 @@ class EngineConfig:
     node: int = opt(0, "Dedicated engines: index of the node it runs on.")
     first_device: int = opt(0, "Dedicated engines: first local device index; it uses tp*dp consecutive devices.")
     gpu_memory_utilization: float = opt(0.5, "Fraction of device memory vLLM may take (CPU: sized from the node; ~0.2 on a small machine).")
+    kv_cache_gib: float | None = opt(None, "Explicit KV-cache size in GiB (vLLM kv_cache_memory_bytes); needed for several "
+                                     "engines in one CPU process. None: gpu_memory_utilization decides.")
     max_model_len: int = opt(1024, "Longest prompt + response the engine accepts, in tokens.")
     enforce_eager: bool = opt(True, "Skip CUDA graph capture (faster start, slower decode).")
 

@@ -34,7 +34,7 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    seed: int | None = None
+    seed: int | None = None  # prompt i uses seed + i
     stop_token_ids: tuple[int, ...] = ()
 
 
@@ -63,6 +63,8 @@ class RolloutEngine:
         kwargs = dict(model=str(model_dir), skip_tokenizer_init=True, dtype=VLLM_DTYPES[dtype], seed=seed,
                       tensor_parallel_size=engine.tp, gpu_memory_utilization=engine.gpu_memory_utilization,
                       max_model_len=engine.max_model_len, enforce_eager=engine.enforce_eager)
+        if engine.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gib * 2**30)
         if distributed:
             kwargs["distributed_executor_backend"] = "external_launcher"
         if torch.cuda.is_available():
@@ -79,9 +81,13 @@ class RolloutEngine:
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} are longer than the engine's max_model_len={self.max_model_len}; "
                              f"raise engine.max_model_len or set rollout.overlong_prompt=drop")
-        params = self._vllm.SamplingParams(n=settings.n, max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                           top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed, logprobs=0,
-                                           detokenize=False, stop_token_ids=list(settings.stop_token_ids))
+        def params(seed: int | None):
+            return self._vllm.SamplingParams(n=settings.n, max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                             top_p=settings.top_p, top_k=settings.top_k, seed=seed, logprobs=0,
+                                             detokenize=False, stop_token_ids=list(settings.stop_token_ids))
+
+        # one seed per prompt (settings.seed + index): reproducible, and distinct across prompts
+        params = [params(None if settings.seed is None else settings.seed + i) for i in range(len(prompts))]
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[Sample(token_ids=tuple(o.token_ids), logprobs=tuple(_chosen_logprobs(o.logprobs, o.token_ids)),

@@ -1,0 +1,499 @@
+"""The Elo-Evolve training loop (``megatron-elo train``).
+
+One step:  prompts -> policy rollouts (n per prompt) -> opponent per prompt -> opponent answers
+(engine, cached) -> judge verdicts (position-swapped) -> outcomes -> advantages -> train step ->
+weight sync -> Elo update -> logging.  Every ``eval.every_steps`` (and before the first step and
+after the last): the held-out win rate against the eval opponents with its 95% interval.
+
+Runs as one process for now (trainer TP = PP = DP = 1, engines in-process); the parallel pieces
+(trainer over TP/PP/DP, colocated engine shards) are tested on their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_elo.algorithms.base import Algorithm, outcome_matrix
+from megatron_elo.algorithms.methods import build_algorithm
+from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
+from megatron_elo.config.schema import ModelConfig, RunConfig
+from megatron_elo.elo.pool import EloPool
+from megatron_elo.flow import POLICY, Game, Outcome, Prompt, Response
+from megatron_elo.judges.programmatic import ArithmeticJudge
+from megatron_elo.loss.reference import group_advantages
+from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
+from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
+from megatron_elo.tracking import Tracker, make_tracker
+from megatron_elo.trainer.step import PolicyTrainer, TrainBatch
+from megatron_elo.utils.logging import get_logger, progress_bar
+
+log = get_logger(__name__)
+
+
+class NotSupportedYet(RuntimeError):
+    """A configuration the loop does not run yet; the message says what to use instead."""
+
+
+# ---------------------------------------------------------------- data
+
+
+class PromptLoader:
+    """Training prompts, reshuffled every epoch from (seed, epoch); the position is resumable."""
+
+    def __init__(self, prompts: list[Prompt], *, seed: int, shuffle: bool):
+        self.prompts, self.seed, self.shuffle = prompts, seed, shuffle
+        self.epoch, self.position = 0, 0
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.prompts))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.prompts))
+
+    def next_batch(self, size: int) -> list[Prompt]:
+        """The next ``size`` prompts, crossing into the next epoch when needed."""
+        batch = []
+        while len(batch) < size:
+            if self.position >= len(self.prompts):
+                self.epoch, self.position = self.epoch + 1, 0
+            take = min(size - len(batch), len(self.prompts) - self.position)
+            order = self._order()
+            batch += [self.prompts[i] for i in order[self.position:self.position + take]]
+            self.position += take
+        return batch
+
+    def state_dict(self) -> dict:
+        """Where the loader is (JSON-serialisable)."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict``."""
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+# ---------------------------------------------------------------- players
+
+
+class OpponentAnswers:
+    """Frozen opponents' answers, generated once per (opponent, prompt, seed) and cached on disk
+    (``<output_dir>/opponent_cache/<name>.jsonl``), reused across steps and runs."""
+
+    def __init__(self, cfg: RunConfig, tokenizer: CharTokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.dir = Path(cfg.output_dir) / "opponent_cache"
+        self.engines: dict[str, RolloutEngine] = {}
+        self.cache: dict[str, dict[str, str]] = {}
+        self.by_name = {o.name: o for o in cfg.opponents}
+
+    def _key(self, name: str, prompt: Prompt, greedy: bool) -> str:
+        o = self.by_name[name]
+        return json.dumps([prompt.prompt_id, prompt.text, greedy, o.temperature, o.max_new_tokens, self.cfg.seed,
+                           str(Path(o.model.path or "").resolve())])
+
+    def _load(self, name: str) -> dict[str, str]:
+        if name not in self.cache:
+            self.cache[name] = {}
+            file = self.dir / f"{name}.jsonl"
+            if file.is_file():
+                for line in file.read_text().splitlines():
+                    row = json.loads(line)
+                    self.cache[name][row["key"]] = row["text"]
+        return self.cache[name]
+
+    def _engine(self, name: str) -> RolloutEngine:
+        if name not in self.engines:  # started lazily, reused afterwards
+            o = self.by_name[name]
+            self.engines[name] = RolloutEngine(o.model.path, o.engine, seed=self.cfg.seed, dtype=o.model.dtype)
+        return self.engines[name]
+
+    def answers(self, name: str, prompts: list[Prompt], *, greedy: bool = False) -> dict[str, Response]:
+        """{prompt_id: the opponent's answer}, generating only what the cache lacks."""
+        cache = self._load(name)
+        missing = [p for p in prompts if self._key(name, p, greedy) not in cache]
+        if missing:
+            o = self.by_name[name]
+            settings = SamplingSettings(n=1, max_tokens=o.max_new_tokens, temperature=0.0 if greedy else o.temperature,
+                                        seed=self.cfg.seed, stop_token_ids=(self.tokenizer.eos_id,))
+            samples = self._engine(name).generate([self.tokenizer.encode_prompt(p.text) for p in missing], settings)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(self.dir / f"{name}.jsonl", "a") as f:
+                for prompt, group in zip(missing, samples, strict=True):
+                    key, text = self._key(name, prompt, greedy), self.tokenizer.decode(group[0].token_ids)
+                    cache[key] = text
+                    f.write(json.dumps({"key": key, "text": text}) + "\n")
+        return {p.prompt_id: Response(player=name, prompt_id=p.prompt_id, sample_index=0,
+                                      text=cache[self._key(name, p, greedy)]) for p in prompts}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    """Held-out win rate of the policy (greedy) against each eval opponent, noise-free judge."""
+
+    step: int
+    win_rate: float
+    ci95: float  # half-width of the normal-approximation 95% interval
+    per_opponent: dict[str, float]
+    exact: float  # fraction of held-out problems the policy answers exactly
+
+
+def win_rate_interval(wins: float, games: int) -> tuple[float, float]:
+    """(win rate, half-width of its 95% interval): ties count half; normal approximation."""
+    if games == 0:
+        return float("nan"), float("nan")
+    p = wins / games
+    return p, 1.96 * math.sqrt(max(p * (1 - p), 0.0) / games)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """What a checkpoint carries besides the trainer."""
+
+    step: int = 0
+    elo_history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+
+class EloEvolveRun:
+    """Everything one run owns; ``run()`` executes it. Built once, on one process."""
+
+    def __init__(self, cfg: RunConfig, *, stop_after: int | None = None):
+        self.cfg = cfg
+        self.stop_after = stop_after  # tests: stop (as if killed) after this many steps of this process
+        self.run_dir = Path(cfg.output_dir) / cfg.run_name
+        self.tokenizer = CharTokenizer()
+        if cfg.data.format != "synthetic" or cfg.judge.kind != "programmatic":
+            raise NotSupportedYet("the loop runs the synthetic task with a programmatic judge for now; LLM judges and "
+                                  "jsonl/parquet prompts land with issue #6 (use configs/tiny_cpu.yaml)")
+        layout = (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp)
+        if layout != (1, 1, 1):
+            raise NotSupportedYet(f"the loop runs single-process for now (parallel tp,pp,dp = {layout}); the parallel "
+                                  "trainer and engines are tested separately (issues #5, #6)")
+        synthetic = cfg.data.synthetic
+        self.train_prompts = make_prompts(synthetic.num_train, seed=synthetic.seed, max_operand=synthetic.max_operand)
+        self.eval_prompts = make_prompts(min(cfg.eval.num_prompts, synthetic.num_eval), seed=synthetic.seed,
+                                         max_operand=synthetic.max_operand, split="eval")
+        self.loader = PromptLoader(self.train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        self.pool = EloPool.from_config(cfg.opponents, cfg.algorithm.elo)
+        self.algorithm: Algorithm = build_algorithm(cfg.algorithm, self.pool, total_steps=cfg.trainer.steps)
+        self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions)
+        self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False)
+        self.state = RunState()
+
+    # ------------------------------------------------------------ set-up
+
+    def _init_distributed(self) -> None:
+        if not dist.is_initialized():
+            import os
+            import socket
+
+            if "MASTER_ADDR" not in os.environ:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
+            dist.init_process_group("gloo" if self.cfg.cluster.device == "cpu" else "nccl", rank=0, world_size=1)
+
+    def _prepare_players(self) -> None:
+        prepare = self.cfg.prepare
+        if prepare is None:
+            return
+        missing = [(s.path, s.sft_steps) for s in prepare.snapshots if not (Path(s.path) / "config.json").is_file()]
+        if missing:
+            from megatron_elo.tasks.pretrain import train_snapshots
+
+            log.info("making %d tiny player(s) by SFT on the task: %s", len(missing), [p for p, _ in missing])
+            all_snapshots = [(s.path, s.sft_steps) for s in prepare.snapshots]
+            train_snapshots(prepare.arch, all_snapshots, seed=prepare.seed, batch_size=prepare.batch_size, lr=prepare.lr,
+                            max_operand=self.cfg.data.synthetic.max_operand)
+
+    def _build_trainer(self, model: ModelConfig) -> PolicyTrainer:
+        from megatron_elo.models.gpt import build_gpt_model, load_full_state
+        from megatron_elo.models.hf_io import load_hf_state_dict
+        from megatron_elo.models.hf_mapping import hf_to_megatron, padded_vocab_size
+        from megatron_elo.parallel.groups import build_process_groups
+        from megatron_elo.parallel.layout import ParallelLayout
+
+        arch = model.arch
+        groups = build_process_groups(ParallelLayout.from_config(self.cfg))
+        padded = padded_vocab_size(arch.vocab_size, self.cfg.parallel.tp, model.pad_vocab_to_multiple_of)
+        megatron_model = build_gpt_model(arch, groups, padded_vocab=padded, dtype=model.dtype, device=self.cfg.cluster.device)
+        load_full_state(megatron_model, hf_to_megatron(load_hf_state_dict(model.path), arch, padded_vocab=padded), arch, groups)
+        return PolicyTrainer(model=megatron_model, groups=groups, arch=arch, config=self.cfg.trainer, padded_vocab=padded,
+                             total_steps=self.cfg.trainer.steps)
+
+    # ------------------------------------------------------------ one step
+
+    def _rollouts(self, prompts: list[Prompt], step: int) -> list[list[Response]]:
+        r = self.cfg.rollout
+        settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                    top_k=r.top_k, seed=self.cfg.seed * 1_000_003 + step * 10_007,
+                                    stop_token_ids=(self.tokenizer.eos_id,))
+        groups = self.policy_engine.generate([self.tokenizer.encode_prompt(p.text) for p in prompts], settings)
+        return [[Response(player=POLICY, prompt_id=p.prompt_id, sample_index=j, text=self.tokenizer.decode(s.token_ids),
+                          token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
+                 for j, s in enumerate(group)] for p, group in zip(prompts, groups, strict=True)]
+
+    def _train_batch(self, prompts: list[Prompt], samples: list[list[Response]], advantages: torch.Tensor) -> TrainBatch:
+        """Prompt + response token rows (right-padded), the response mask and trainer-recomputed old log-probs."""
+        rows, masks = [], []
+        for prompt, group in zip(prompts, samples, strict=True):
+            prompt_ids = self.tokenizer.encode_prompt(prompt.text)
+            for sample in group:
+                rows.append(prompt_ids + list(sample.token_ids))
+                masks.append([False] * len(prompt_ids) + [True] * len(sample.token_ids))
+        width = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [self.tokenizer.pad_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([m + [False] * (width - len(m)) for m in masks])
+        # Old log-probs from the trainer itself (not the engine): the first update is then exactly on-policy.
+        old = self.trainer.compute_logprobs(tokens) * mask
+        ref = self.reference.compute_logprobs(tokens) * mask if self.reference is not None else None
+        return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages.reshape(-1), old_logprobs=old, ref_logprobs=ref)
+
+    def step(self, step: int) -> dict[str, float]:
+        """One full step; returns its metrics."""
+        import time
+
+        cfg, timings = self.cfg, {}
+        clock = time.perf_counter()
+        prompts = self.loader.next_batch(cfg.rollout.prompts_per_step)
+        samples = self._rollouts(prompts, step)
+        timings["generate"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        plan = self.algorithm.plan_opponents(prompts, step=step, rng=np.random.default_rng([cfg.seed, step, 1]))
+        answers = {}
+        for name in sorted({o for o in plan.opponents if o is not None}):
+            chosen = [p for p, o in zip(prompts, plan.opponents, strict=True) if o == name]
+            answers.update({(pid, name): r for pid, r in self.opponents.answers(name, chosen).items()})
+        timings["opponent"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        games = self.algorithm.make_games(prompts, samples, answers, plan)
+        judge_rng = np.random.default_rng([cfg.seed, step, 2])
+        pairwise = cfg.algorithm.name != "point"
+        verdicts = self.judge.judge_pairs(games, judge_rng) if pairwise else self.judge.score(games, judge_rng)
+        outcomes = self.algorithm.outcomes(games, verdicts)
+        timings["judge"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        rewards, valid = outcome_matrix(outcomes, [p.prompt_id for p in prompts], cfg.rollout.n_per_prompt)
+        advantages = group_advantages(torch.tensor(rewards), torch.tensor(valid), std_normalize=cfg.trainer.std_normalize)
+        batch = self._train_batch(prompts, samples, advantages)
+        train_stats = [self.trainer.train_step(part) for part in batch.micro_batches(cfg.trainer.global_batch_size)]
+        timings["train"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        self._sync_policy_engine()
+        timings["sync"] = time.perf_counter() - clock
+
+        deltas = self.algorithm.update_ratings(outcomes)
+        self.state.elo_history.append({"step": step + 1, **self.pool.ratings()})
+        self._last_games = (games, verdicts)
+        return self._metrics(train_stats, outcomes, rewards, valid, plan.probabilities, timings, batch, deltas)
+
+    def _metrics(self, train_stats, outcomes: list[Outcome], rewards, valid, probabilities, timings, batch, deltas) -> dict[str, float]:
+        last = train_stats[-1]
+        metrics = {"loss": float(np.mean([s.loss for s in train_stats])), "pg_loss": last.pg_loss, "kl": last.kl,
+                   "entropy": last.entropy, "clip_fraction": last.clip_fraction, "grad_norm": last.grad_norm, "lr": last.lr,
+                   "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+                   "invalid_verdicts": float((~valid).sum()), "elo/policy": self.pool.policy_rating,
+                   "response_tokens": float(batch.response_mask.sum())}
+        total_time = sum(timings.values())
+        metrics["tokens_per_s"] = float(batch.response_mask.sum()) / max(total_time, 1e-9)
+        metrics.update({f"time/{k}": v for k, v in timings.items()})
+        for member in self.pool.members:
+            mine = [o for o in outcomes if o.opponent == member.name and o.valid]
+            metrics[f"elo/{member.name}"] = member.rating
+            metrics[f"p_select/{member.name}"] = probabilities.get(member.name, 0.0)
+            if mine:
+                for kind in ("policy", "tie", "opponent"):
+                    label = {"policy": "win", "tie": "tie", "opponent": "loss"}[kind]
+                    metrics[f"{label}_rate/{member.name}"] = sum(o.winner == kind for o in mine) / len(mine)
+        return metrics
+
+    def _sync_policy_engine(self) -> None:
+        from megatron_elo.rollout.weight_sync import hf_weight_stream
+
+        self.policy_engine.load_weights(hf_weight_stream(self.trainer.model, self.trainer.groups, self.trainer.arch))
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, step: int) -> EvalResult:
+        """Greedy policy vs each eval opponent's greedy answer, on the held-out prompts, noise-free judge."""
+        names = self.cfg.eval.opponents or [o.name for o in self.cfg.opponents]
+        settings = SamplingSettings(n=1, max_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
+                                    stop_token_ids=(self.tokenizer.eos_id,))
+        groups = self.policy_engine.generate([self.tokenizer.encode_prompt(p.text) for p in self.eval_prompts], settings)
+        policy = [Response(player=POLICY, prompt_id=p.prompt_id, sample_index=0, text=self.tokenizer.decode(g[0].token_ids))
+                  for p, g in zip(self.eval_prompts, groups, strict=True)]
+        total_wins, total_games, per_opponent = 0.0, 0, {}
+        rng = np.random.default_rng(0)
+        for name in names:
+            answers = self.opponents.answers(name, self.eval_prompts, greedy=True)
+            games = [Game(game_id=i, prompt=p, policy=r, opponent=answers[p.prompt_id])
+                     for i, (p, r) in enumerate(zip(self.eval_prompts, policy, strict=True))]
+            verdicts = self.eval_judge.judge_pairs(games, rng)
+            wins = sum({"policy": 1.0, "tie": 0.5, "opponent": 0.0}[v.winner] for v in verdicts)
+            per_opponent[name] = wins / len(games)
+            total_wins, total_games = total_wins + wins, total_games + len(games)
+        rate, half = win_rate_interval(total_wins, total_games)
+        exact = float(np.mean([r.text == p.reference for p, r in zip(self.eval_prompts, policy, strict=True)]))
+        return EvalResult(step=step, win_rate=rate, ci95=half, per_opponent=per_opponent, exact=exact)
+
+    def _log_eval(self, result: EvalResult, tracker: Tracker) -> None:
+        self.state.evals.append(dataclasses.asdict(result))
+        metrics = {"eval/win_rate": result.win_rate, "eval/win_rate_ci95": result.ci95, "eval/exact": result.exact}
+        metrics.update({f"eval/win_rate/{k}": v for k, v in result.per_opponent.items()})
+        tracker.log_metrics(metrics, step=result.step)
+        log.info("eval at step %d: held-out win rate %.3f +- %.3f (exact %.2f) %s", result.step, result.win_rate,
+                 result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _save(self, tracker: Tracker) -> None:
+        from megatron_elo.trainer.checkpoint import save_checkpoint
+
+        extra = {"loader": self.loader.state_dict(), "pool": self.pool.state_dict(),
+                 "state": dataclasses.asdict(self.state) | {"mlflow_run_id": tracker.run_id}}
+        save_checkpoint(self.trainer, self.run_dir / "checkpoints", extra=extra, keep_last=self.cfg.checkpoint.keep_last)
+
+    def _resume(self) -> bool:
+        from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
+
+        if self.cfg.checkpoint.resume != "auto":
+            return False
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            return False
+        extra = load_checkpoint(self.trainer, latest)
+        self.loader.load_state_dict(extra["loader"])
+        self.pool.load_state_dict(extra["pool"])
+        self.state = RunState(**extra["state"])
+        log.info("resumed from %s at step %d", latest, self.state.step)
+        return True
+
+    # ------------------------------------------------------------ artifacts
+
+    def _write_artifacts(self, tracker: Tracker) -> None:
+        out = self.run_dir / "artifacts"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
+        names = [POLICY, *self.pool.names]
+        with open(out / "elo_history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", *names])
+            writer.writeheader()
+            writer.writerows(self.state.elo_history)
+        self._plot_ratings(out / "elo_ratings.png", names)
+        games, verdicts = getattr(self, "_last_games", ([], []))
+        with open(out / "sample_games.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["prompt", "reference", "policy_answer", "opponent", "opponent_answer", "verdict"])
+            for game, verdict in list(zip(games, verdicts, strict=True))[:64]:
+                writer.writerow([game.prompt.text, game.prompt.reference, game.policy.text, game.opponent_name,
+                                 game.opponent.text if game.opponent else "", verdict.winner or verdict.score])
+        (out / "evals.json").write_text(json.dumps(self.state.evals, indent=2))
+        tracker.log_artifact(out)
+
+    def _plot_ratings(self, path: Path, names: list[str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps = [row["step"] for row in self.state.elo_history]
+        for name in names:
+            ax.plot(steps, [row[name] for row in self.state.elo_history], label=name, linewidth=2.5 if name == POLICY else 1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("Elo rating")
+        ax.set_title(f"{self.cfg.algorithm.name}: ratings over training")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def _export(self, tracker: Tracker) -> Path | None:
+        from megatron_elo.models.convert import megatron_dir_to_hf
+        from megatron_elo.trainer.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if not self.cfg.checkpoint.export_hf or latest is None:
+            return None
+        target = self.run_dir / "export_hf" / latest.name
+        if not target.exists():
+            megatron_dir_to_hf(latest, target)
+        tracker.log_artifact(target, "export_hf")
+        return target
+
+    # ------------------------------------------------------------ the whole run
+
+    def run(self) -> dict:
+        """Prepare, train (resuming if a checkpoint exists), evaluate, export; returns a summary."""
+        torch.manual_seed(self.cfg.seed)
+        self._init_distributed()
+        self._prepare_players()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
+        self.trainer = self._build_trainer(self.cfg.model)
+        self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
+        resumed = self._resume()
+        tracker = make_tracker(self.cfg.tracking, rank=0, output_dir=self.cfg.output_dir, run_name=self.cfg.run_name,
+                               run_id=self.state.mlflow_run_id)
+        try:
+            summary = self._train(tracker, resumed)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        tracker.finish("FINISHED" if summary["finished"] else "KILLED")
+        return summary
+
+    def _train(self, tracker: Tracker, resumed: bool) -> dict:
+        cfg = self.cfg
+        if not resumed:
+            tracker.log_params(flatten(config_to_dict(cfg)))
+        self.policy_engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype)
+        if resumed:
+            self._sync_policy_engine()
+        self.opponents = OpponentAnswers(cfg, self.tokenizer)
+        if not self.state.evals:
+            self._log_eval(self.evaluate(self.state.step), tracker)
+        start, steps_here = self.state.step, 0
+        with progress_bar(total=cfg.trainer.steps, description=f"{cfg.algorithm.name}", enabled=True) as bar:
+            bar.advance(start)
+            for step in range(start, cfg.trainer.steps):
+                if self.stop_after is not None and steps_here >= self.stop_after:
+                    return {"finished": False, "step": step}
+                metrics = self.step(step)
+                self.state.step, steps_here = step + 1, steps_here + 1
+                if self.state.step % cfg.tracking.log_every == 0:
+                    tracker.log_metrics(metrics, step=self.state.step)
+                bar.advance()
+                bar.update(reward=metrics["reward_mean"], elo=metrics["elo/policy"])
+                if cfg.eval.every_steps and self.state.step % cfg.eval.every_steps == 0 and self.state.step < cfg.trainer.steps:
+                    self._log_eval(self.evaluate(self.state.step), tracker)
+                if cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0:
+                    self._save(tracker)
+        final = self.evaluate(self.state.step)
+        self._log_eval(final, tracker)
+        self._save(tracker)
+        self._write_artifacts(tracker)
+        export = self._export(tracker)
+        first = self.state.evals[0]
+        return {"finished": True, "step": self.state.step, "win_rate_before": first["win_rate"],
+                "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
+                "exact_after": final.exact, "elo": self.pool.ratings(), "mlflow": tracker.location,
+                "export": str(export) if export else None, "run_dir": str(self.run_dir)}

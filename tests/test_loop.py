@@ -1,0 +1,132 @@
+"""The Elo-Evolve loop on the tiny CPU setup: a resumed run equals an uninterrupted one (bitwise
+weights, Elo ratings, data position), MLflow holds params / metrics / artifacts in one run across
+the resume, and a crash marks the run FAILED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_elo.config.loader import config_from_dict, read_yaml
+from megatron_elo.config.validate import validate
+from tests.distributed import run_distributed
+
+pytest.importorskip("vllm")
+pytest.importorskip("mlflow")
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def small_config(root: Path, players: Path, **trainer):
+    """tiny_cpu.yaml shrunk: weakly pre-trained players under ``players``, 4 steps, eval and save every 2."""
+    raw = read_yaml(TINY)
+    raw["output_dir"] = str(root)
+    raw["model"]["path"] = str(players / "policy_init")
+    for opponent in raw["opponents"]:
+        opponent["model"]["path"] = str(players / opponent["name"])
+    raw["prepare"]["snapshots"] = [{"path": str(players / n), "sft_steps": s}
+                                   for n, s in (("weak", 3), ("policy_init", 5), ("medium", 8), ("strong", 12))]
+    raw["trainer"].update(steps=4, **trainer)
+    raw["eval"].update(every_steps=2, num_prompts=16)
+    raw["checkpoint"].update(every_steps=2)
+    raw["data"]["synthetic"].update(num_train=40)
+    return validate(config_from_dict(raw))
+
+
+def run_loop(rank, world_size, cfg, stop_after=None, crash_at=None):
+    from megatron_elo.loop import EloEvolveRun
+
+    run = EloEvolveRun(cfg, stop_after=stop_after)
+    if crash_at is not None:
+        original = run.step
+
+        def crashing(step):
+            if step == crash_at:
+                raise RuntimeError("simulated crash")
+            return original(step)
+
+        run.step = crashing
+        try:
+            run.run()
+        except RuntimeError as err:
+            return {"crashed": str(err)}
+    summary = run.run()
+    weights = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
+    return summary, weights, run.loader.state_dict(), run.state.elo_history
+
+
+@pytest.fixture(scope="module")
+def players(tmp_path_factory):
+    from megatron_elo.config.loader import load_config
+
+    root = tmp_path_factory.mktemp("players")
+    cfg = small_config(root, root)
+    from megatron_elo.tasks.pretrain import train_snapshots
+
+    train_snapshots(cfg.prepare.arch, [(s.path, s.sft_steps) for s in cfg.prepare.snapshots], seed=0, show_progress=False)
+    assert load_config(TINY).prepare is not None
+    return root
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(players, tmp_path_factory):
+    straight_cfg = small_config(tmp_path_factory.mktemp("straight"), players)
+    resumed_cfg = small_config(tmp_path_factory.mktemp("resumed"), players)
+    straight = run_distributed(run_loop, 1, straight_cfg, timeout=900)[0]
+    first_half = run_distributed(run_loop, 1, resumed_cfg, 2, timeout=900)[0]
+    second_half = run_distributed(run_loop, 1, resumed_cfg, timeout=900)[0]
+    return straight, first_half, second_half, resumed_cfg
+
+
+def test_resumed_run_equals_uninterrupted(straight_and_resumed):
+    straight, first_half, resumed, _ = straight_and_resumed
+    assert first_half[0] == {"finished": False, "step": 2}
+    assert resumed[0]["finished"] and resumed[0]["step"] == straight[0]["step"] == 4
+    assert resumed[0]["elo"] == straight[0]["elo"]
+    assert resumed[2] == straight[2]  # data position
+    assert resumed[3] == straight[3]  # Elo history, step by step
+    assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
+    assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
+
+
+def test_mlflow_run_holds_everything_once(straight_and_resumed):
+    from mlflow.tracking import MlflowClient
+
+    _, _, resumed, cfg = straight_and_resumed
+    uri = resumed[0]["mlflow"].split(" ")[0]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert len(runs) == 1  # the resumed process logged into the same run
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.lr"] == str(cfg.trainer.lr) and "opponents.0.name" in run.data.params
+    for key in ("loss", "kl", "entropy", "clip_fraction", "reward_mean", "elo/policy", "elo/medium", "p_select/strong",
+                "invalid_verdicts", "tokens_per_s", "time/generate", "time/opponent", "time/judge", "time/train",
+                "time/sync", "eval/win_rate", "eval/win_rate_ci95"):
+        assert key in run.data.metrics, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"elo_history.csv", "elo_ratings.png", "sample_games.csv", "resolved_config.yaml", "export_hf"} <= artifacts
+    export = Path(resumed[0]["export"])
+    assert (export / "config.json").is_file() and (export / "model.safetensors").is_file()
+
+
+def test_a_crash_marks_the_run_failed(players, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = small_config(tmp_path, players)
+    assert run_distributed(run_loop, 1, cfg, None, 1, timeout=900)[0] == {"crashed": "simulated crash"}
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
+    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+
+    cfg = small_config(tmp_path, players)
+    cfg.judge.kind = "llm"
+    with pytest.raises(NotSupportedYet, match="programmatic judge"):
+        EloEvolveRun(cfg)
