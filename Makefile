@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/megatron-elo train configs/tiny_cpu.yaml --dry-run
+	$(BIN)/megatron-elo train configs/tiny_cpu.yaml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -82,6 +82,13 @@ class PromptLoader:
 # ---------------------------------------------------------------- players
 
 
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed from the parts' text (stable across processes, unlike hash())."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
+
+
 class OpponentAnswers:
     """Frozen opponents' answers, generated once per (opponent, prompt, seed) and cached on disk
     (``<output_dir>/opponent_cache/<name>.jsonl``), reused across steps and runs."""
@@ -122,7 +129,8 @@ class OpponentAnswers:
             o = self.by_name[name]
             settings = SamplingSettings(n=1, max_tokens=o.max_new_tokens, temperature=0.0 if greedy else o.temperature,
                                         seed=self.cfg.seed, stop_token_ids=(self.tokenizer.eos_id,))
-            samples = self._engine(name).generate([self.tokenizer.encode_prompt(p.text) for p in missing], settings)
+            seeds = [stable_seed(self.cfg.seed, name, p.prompt_id) for p in missing]  # independent of batch make-up
+            samples = self._engine(name).generate([self.tokenizer.encode_prompt(p.text) for p in missing], settings, seeds)
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.dir / f"{name}.jsonl", "a") as f:
                 for prompt, group in zip(missing, samples, strict=True):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from megatron_elo.cli import EXIT_BAD_CONFIG, EXIT_NOT_BUILT, main
 
@@ -55,14 +54,13 @@ def test_no_check_paths_is_only_for_dry_runs(capsys):
     assert "only allowed with --dry-run" in capsys.readouterr().err
 
 
-def test_a_run_saves_its_resolved_config_first(tmp_path, capsys, monkeypatch):
+def test_what_the_loop_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    code = main(["train", TINY, f"output_dir={tmp_path}", "run_name=r1", "trainer.lr=3e-5"])
-    saved = tmp_path / "r1" / "resolved_config.yaml"
-    assert saved.is_file()
-    assert yaml.safe_load(saved.read_text())["trainer"]["lr"] == 3e-5
-    # The loop itself lands with issue #4; until then the run stops with a clear message.
-    assert code == EXIT_NOT_BUILT and "issue #4" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    code = main(["train", TINY, f"output_dir={tmp_path}", "data.format=jsonl", f"data.train_path={prompts}"])
+    assert code == EXIT_NOT_BUILT
+    assert "synthetic task with a programmatic judge" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():

@@ -251,7 +251,7 @@ def test_batch_arithmetic():
     with pytest.raises(ConfigError) as excinfo:
         tiny("trainer.global_batch_size=24", "trainer.micro_batch_size=5")
     text = problems_of(excinfo)
-    assert "trainer.global_batch_size=24: must divide the sequences per step (rollout.prompts_per_step * rollout.n_per_prompt = 32)" in text
+    assert "trainer.global_batch_size=24: must divide the sequences per step (rollout.prompts_per_step * rollout.n_per_prompt = 128)" in text
     assert "must be a multiple of trainer.micro_batch_size * parallel.dp = 5" in text
 
 

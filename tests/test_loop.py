@@ -130,3 +130,23 @@ def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
     cfg.judge.kind = "llm"
     with pytest.raises(NotSupportedYet, match="programmatic judge"):
         EloEvolveRun(cfg)
+
+
+def test_opponent_answers_do_not_depend_on_what_else_is_asked(players, tmp_path):
+    assert run_distributed(opponent_answers_alone_and_together, 1, small_config(tmp_path, players), timeout=600)[0]
+
+
+def opponent_answers_alone_and_together(rank, world_size, cfg):
+    import shutil
+
+    from megatron_elo.loop import OpponentAnswers
+    from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
+
+    prompts = make_prompts(6, seed=1, max_operand=20)
+    together = OpponentAnswers(cfg, CharTokenizer()).answers("medium", prompts)
+    shutil.rmtree(OpponentAnswers(cfg, CharTokenizer()).dir)  # no cache: regenerate one at a time
+    alone = {}
+    fresh = OpponentAnswers(cfg, CharTokenizer())
+    for p in prompts[::-1]:
+        alone.update(fresh.answers("medium", [p]))
+    return all(alone[k].text == together[k].text for k in together)

@@ -75,8 +75,13 @@ class RolloutEngine:
 
     # ------------------------------------------------------------ generation
 
-    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> list[list[Sample]]:
-        """``settings.n`` samples for each prompt (token ids), in prompt order."""
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        """``settings.n`` samples for each prompt (token ids), in prompt order.
+
+        seeds: one sampling seed per prompt (overrides ``settings.seed + index``), e.g. derived from
+        prompt ids so that an answer does not depend on which other prompts share the call.
+        """
         too_long = [i for i, p in enumerate(prompts) if len(p) + 1 > self.max_model_len]
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} are longer than the engine's max_model_len={self.max_model_len}; "
@@ -86,8 +91,9 @@ class RolloutEngine:
                                              top_p=settings.top_p, top_k=settings.top_k, seed=seed, logprobs=0,
                                              detokenize=False, stop_token_ids=list(settings.stop_token_ids))
 
-        # one seed per prompt (settings.seed + index): reproducible, and distinct across prompts
-        params = [params(None if settings.seed is None else settings.seed + i) for i in range(len(prompts))]
+        if seeds is None:  # one seed per prompt (settings.seed + index): reproducible, distinct across prompts
+            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+        params = [params(seed) for seed in seeds]
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[Sample(token_ids=tuple(o.token_ids), logprobs=tuple(_chosen_logprobs(o.logprobs, o.token_ids)),
