@@ -1,7 +1,7 @@
-"""Fused Triton kernels for the loss side of an RL step (win/loss advantage, fused linear
-log-prob + entropy, clipped policy-gradient loss), each beside a plain-torch reference.
+"""Fused Triton kernels for the loss side of an RL step: empty until issue #3 lands.
 
-This package knows nothing of vLLM or Megatron: kernels take tensors (and, for the vocab-parallel
-log-prob, an explicit process group) and return tensors. Triton is imported lazily so the CPU
-reference path works without it; under ``TRITON_INTERPRET=1`` the kernels run on CPU for tests.
+Planned (issue #3): win/loss advantage, fused linear log-prob + entropy (vocab-parallel, never
+materialising the logits), clipped policy-gradient loss; each beside its plain-torch reference in
+``megatron_elo.loss.reference`` and selected by ``trainer.kernels: triton``. This package will know
+nothing of vLLM or Megatron: kernels take tensors (and an explicit process group) and return tensors.
 """

@@ -137,6 +137,19 @@ def print_summary(summary: dict) -> None:
         print(f"MLflow: {summary['mlflow']}  (browse: mlflow ui --backend-store-uri {summary['mlflow'].split(' ')[0]})")
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+
+    cfg = load_and_validate(args.config, args.overrides)
+    try:
+        result = EloEvolveRun(cfg).evaluate_checkpoint(args.checkpoint)
+    except NotSupportedYet as err:
+        raise NotBuiltYet(str(err)) from None
+    print(f"step {result.step}: held-out win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
+          + ", ".join(f"vs {k} {v:.3f}" for k, v in result.per_opponent.items()))
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from megatron_elo.models.convert import hf_to_megatron_dir, megatron_dir_to_hf
 
@@ -179,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=CONFIG_HELP)
     add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", help="checkpoint directory (default: newest in the run's output_dir)")
-    evaluate.set_defaults(handler=cmd_not_built(4, "evaluation (held-out win rate with 95%% interval)"))
+    evaluate.set_defaults(handler=cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard)")
     bench.add_argument("target", choices=["kernels", "trainer", "reshard"], help="what to measure")

@@ -447,6 +447,25 @@ class EloEvolveRun:
         tracker.log_artifact(target, "export_hf")
         return target
 
+    def evaluate_checkpoint(self, checkpoint: str | Path | None = None) -> EvalResult:
+        """Held-out win rate of a training checkpoint (default: the run's newest) or of the initial
+        policy when the run has none; nothing is trained or written but an HF export beside it."""
+        import tempfile
+
+        from megatron_elo.models.convert import megatron_dir_to_hf
+        from megatron_elo.trainer.checkpoint import latest_checkpoint
+
+        self._prepare_players()
+        path = Path(checkpoint) if checkpoint else latest_checkpoint(self.run_dir / "checkpoints")
+        model_dir, step = self.cfg.model.path, 0
+        if path is not None:
+            model_dir = tempfile.mkdtemp(prefix="megatron-elo-eval-")
+            megatron_dir_to_hf(path, Path(model_dir) / "hf")
+            model_dir, step = str(Path(model_dir) / "hf"), int(json.loads((path / "meta.json").read_text())["step"])
+        self.policy_engine = RolloutEngine(model_dir, self.cfg.rollout.engine, seed=self.cfg.seed, dtype=self.cfg.model.dtype)
+        self.opponents = OpponentAnswers(self.cfg, self.tokenizer)
+        return self.evaluate(step)
+
     # ------------------------------------------------------------ the whole run
 
     def run(self) -> dict:

@@ -91,6 +91,21 @@ def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
 
 
+def evaluate_checkpoint(rank, world_size, cfg, checkpoint):
+    from megatron_elo.loop import EloEvolveRun
+
+    return EloEvolveRun(cfg).evaluate_checkpoint(checkpoint)
+
+
+def test_eval_of_a_checkpoint_matches_the_runs_own(straight_and_resumed, players, tmp_path):
+    straight, _, resumed, cfg = straight_and_resumed
+    final = run_distributed(evaluate_checkpoint, 1, cfg, None, timeout=600)[0]  # the newest checkpoint
+    assert final.step == 4 and final.win_rate == resumed[0]["win_rate_after"]
+    untrained = run_distributed(evaluate_checkpoint, 1, small_config(tmp_path, players), None, timeout=600)[0]
+    assert untrained.step == 0 and untrained.win_rate == straight[0]["win_rate_before"]
+    assert untrained.per_opponent.keys() == {"weak", "medium", "strong"}
+
+
 def test_mlflow_run_holds_everything_once(straight_and_resumed):
     from mlflow.tracking import MlflowClient
 
