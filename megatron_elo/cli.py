@@ -150,6 +150,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from megatron_elo.compare import compare, format_table, write_and_log
+
+    if args.seeds < 1:
+        raise ConfigError([f"--seeds: must be >= 1, got {args.seeds}"])
+    cfg = load_and_validate(args.config, args.overrides)
+    results, start, target = compare(cfg, args.config, args.overrides, seeds=args.seeds, target=args.target)
+    table = format_table(results, start=start, target=target)
+    print(table)
+    print(f"written to {write_and_log(cfg, results, table)}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from megatron_elo.models.convert import hf_to_megatron_dir, megatron_dir_to_hf
 
@@ -215,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="run point, static pairwise and Elo-Evolve on one budget and seeds",
                              formatter_class=raw, epilog=CONFIG_HELP)
     add_config_args(compare)
-    compare.add_argument("--seeds", type=int, default=3, help="seeds per method")
-    compare.set_defaults(handler=cmd_not_built(4, "`compare` (point vs static pairwise vs Elo-Evolve table)"))
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per method (seed, seed+1, ...)")
+    compare.add_argument("--target", type=float, default=None,
+                         help="win rate for 'steps to target' (default: the starting win rate + 0.05)")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

@@ -520,7 +520,9 @@ class EloEvolveRun:
         self._write_artifacts(tracker)
         export = self._export(tracker)
         first = self.state.evals[0]
-        return {"finished": True, "step": self.state.step, "win_rate_before": first["win_rate"],
-                "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
-                "exact_after": final.exact, "elo": self.pool.ratings(), "mlflow": tracker.location,
-                "export": str(export) if export else None, "run_dir": str(self.run_dir)}
+        summary = {"finished": True, "step": self.state.step, "win_rate_before": first["win_rate"],
+                   "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
+                   "exact_after": final.exact, "elo": self.pool.ratings(), "mlflow": tracker.location,
+                   "export": str(export) if export else None, "run_dir": str(self.run_dir), "evals": self.state.evals}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary

@@ -165,3 +165,30 @@ def opponent_answers_alone_and_together(rank, world_size, cfg):
     for p in prompts[::-1]:
         alone.update(fresh.answers("medium", [p]))
     return all(alone[k].text == together[k].text for k in together)
+
+
+def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
+    """`megatron-elo compare` on a 2-step budget: one child run per method, a table, files, an MLflow run."""
+    import yaml
+
+    from megatron_elo.cli import main
+    from megatron_elo.compare import steps_to_target
+
+    cfg = small_config(tmp_path, players)
+    config_file = tmp_path / "small.yaml"
+    raw = yaml.safe_load(open(TINY))
+    raw.update(output_dir=str(tmp_path / "out"), model={**raw["model"], "path": cfg.model.path})
+    for opponent, configured in zip(raw["opponents"], cfg.opponents, strict=True):
+        opponent["model"]["path"] = configured.model.path
+    raw["prepare"]["snapshots"] = [{"path": s.path, "sft_steps": s.sft_steps} for s in cfg.prepare.snapshots]
+    raw["trainer"]["steps"], raw["eval"] = 2, {"every_steps": 1, "num_prompts": 8}
+    raw["data"]["synthetic"]["num_train"] = 40
+    config_file.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(config_file), "--seeds", "1", "--target", "0.0"]) == 0
+    out = capsys.readouterr().out
+    for method in ("point", "static_pairwise", "elo_evolve"):
+        assert f"| {method} |" in out
+        assert (tmp_path / "out" / f"compare_{method}_s1234" / "summary.json").is_file()
+    assert (tmp_path / "out" / "compare.md").read_text().strip() in out
+    assert steps_to_target([{"step": 0, "win_rate": 0.3}, {"step": 5, "win_rate": 0.5}], 0.4) == 5
+    assert steps_to_target([{"step": 0, "win_rate": 0.3}], 0.4) is None

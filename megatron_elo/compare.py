@@ -1,0 +1,102 @@
+"""``megatron-elo compare``: point vs static pairwise vs Elo-Evolve on the same budget and seeds.
+
+    megatron-elo compare configs/tiny_cpu.yaml --seeds 3 [KEY=VALUE ...]
+
+Each (method, seed) is a separate ``megatron-elo train`` process (so engines never pile up in one
+process), named ``compare_<method>_s<seed>`` under the config's output_dir; finished runs are reused.
+The table (final held-out win rate mean and std, steps to reach the target win rate) is printed and
+written to ``<output_dir>/compare.md`` and ``compare.json``, and logged to MLflow as run "compare".
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_elo.config.schema import RunConfig
+from megatron_elo.utils.logging import get_logger, progress_bar
+
+log = get_logger(__name__)
+METHODS = ("point", "static_pairwise", "elo_evolve")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodResult:
+    """One method over its seeds."""
+
+    method: str
+    final: list[float]  # final held-out win rate per seed
+    steps_to_target: list[int | None]  # first eval step reaching the target, per seed (None: never)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.final)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.final) if len(self.final) > 1 else 0.0
+
+
+def steps_to_target(evals: list[dict], target: float) -> int | None:
+    """The first evaluated step whose win rate reaches ``target`` (None if none does)."""
+    return next((e["step"] for e in evals if e["win_rate"] >= target), None)
+
+
+def run_one(config: str, overrides: list[str], method: str, seed: int, output_dir: str) -> dict:
+    """Train one (method, seed) in a child process, or reuse its finished summary."""
+    run_name = f"compare_{method}_s{seed}"
+    summary_file = Path(output_dir) / run_name / "summary.json"
+    if not summary_file.is_file():
+        command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, f"algorithm.name={method}",
+                   f"seed={seed}", f"run_name={run_name}"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not summary_file.is_file():
+            raise RuntimeError(f"{run_name} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return json.loads(summary_file.read_text())
+
+
+def compare(cfg: RunConfig, config: str, overrides: list[str], *, seeds: int,
+            target: float | None) -> tuple[list[MethodResult], float, float]:
+    """Run every method for ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...); returns (results, the
+    starting win rate, the target used: ``target`` or start + 0.05)."""
+    summaries: dict[str, list[dict]] = {m: [] for m in METHODS}
+    with progress_bar(total=len(METHODS) * seeds, description="compare") as bar:
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            for method in METHODS:
+                summaries[method].append(run_one(config, overrides, method, seed, cfg.output_dir))
+                bar.advance()
+    start = summaries[METHODS[0]][0]["win_rate_before"]
+    goal = target if target is not None else start + 0.05
+    results = [MethodResult(method=m, final=[s["win_rate_after"] for s in runs],
+                            steps_to_target=[steps_to_target(s["evals"], goal) for s in runs]) for m, runs in summaries.items()]
+    return results, start, goal
+
+
+def format_table(results: list[MethodResult], *, start: float, target: float) -> str:
+    """A markdown table of the comparison."""
+    lines = [f"start win rate {start:.3f}; target {target:.3f}", "",
+             "| method | final win rate, mean (std) | per seed | steps to target, per seed |", "|---|---|---|---|"]
+    for r in results:
+        reach = ", ".join("-" if s is None else str(s) for s in r.steps_to_target)
+        lines.append(f"| {r.method} | {r.mean:.3f} ({r.std:.3f}) | {', '.join(f'{v:.3f}' for v in r.final)} | {reach} |")
+    return "\n".join(lines)
+
+
+def write_and_log(cfg: RunConfig, results: list[MethodResult], table: str) -> Path:
+    """compare.md / compare.json in output_dir, and an MLflow run "compare" holding them."""
+    from megatron_elo.tracking import make_tracker
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(table + "\n")
+    (out / "compare.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    tracker = make_tracker(cfg.tracking, rank=0, output_dir=cfg.output_dir, run_name="compare")
+    tracker.log_metrics({f"final_win_rate/{r.method}": r.mean for r in results}, step=0)
+    tracker.log_artifact(out / "compare.md")
+    tracker.log_artifact(out / "compare.json")
+    tracker.finish()
+    return out / "compare.md"
