@@ -15,6 +15,8 @@ POLICY = "policy"
 
 Winner = Literal["policy", "opponent", "tie"]
 
+SCORE_OF_WINNER: dict[str, float] = {"policy": 1.0, "opponent": 0.0, "tie": 0.5}  # the policy's Elo score S
+
 
 @dataclass(frozen=True, kw_only=True)
 class Prompt:

@@ -27,7 +27,7 @@ from megatron_elo.algorithms.methods import build_algorithm
 from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import ModelConfig, RunConfig
 from megatron_elo.elo.pool import EloPool
-from megatron_elo.flow import POLICY, Game, Outcome, Prompt, Response
+from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Response
 from megatron_elo.judges.programmatic import ArithmeticJudge
 from megatron_elo.loss.reference import group_advantages
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
@@ -355,7 +355,7 @@ class EloEvolveRun:
             games = [Game(game_id=i, prompt=p, policy=r, opponent=answers[p.prompt_id])
                      for i, (p, r) in enumerate(zip(self.eval_prompts, policy, strict=True))]
             verdicts = self.eval_judge.judge_pairs(games, rng)
-            wins = sum({"policy": 1.0, "tie": 0.5, "opponent": 0.0}[v.winner] for v in verdicts)
+            wins = sum(SCORE_OF_WINNER[v.winner] for v in verdicts)
             per_opponent[name] = wins / len(games)
             total_wins, total_games = total_wins + wins, total_games + len(games)
         rate, half = win_rate_interval(total_wins, total_games)

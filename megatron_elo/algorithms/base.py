@@ -26,7 +26,7 @@ import numpy as np
 from megatron_elo.config.schema import AlgorithmConfig
 from megatron_elo.elo.pool import EloPool
 from megatron_elo.elo.ratings import GameResult
-from megatron_elo.flow import POLICY, Game, Outcome, Prompt, Response, Verdict
+from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Response, Verdict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +88,7 @@ class Algorithm(ABC):
 
     def update_ratings(self, outcomes: Sequence[Outcome]) -> dict[str, float]:
         """Rate this step's valid pairwise games as one batch; returns the rating deltas."""
-        games = [GameResult(player_a=POLICY, player_b=o.opponent, score_a={"policy": 1.0, "opponent": 0.0, "tie": 0.5}[o.winner])
+        games = [GameResult(player_a=POLICY, player_b=o.opponent, score_a=SCORE_OF_WINNER[o.winner])
                  for o in outcomes if o.valid and o.opponent is not None and o.winner is not None]
         return self.pool.record(games) if games else {}
 
