@@ -151,13 +151,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from megatron_elo.compare import compare, format_table, write_and_log
+    from megatron_elo.compare import compare, format_table, noise_line, write_and_log
 
     if args.seeds < 1:
         raise ConfigError([f"--seeds: must be >= 1, got {args.seeds}"])
     cfg = load_and_validate(args.config, args.overrides)
     results, start, target = compare(cfg, args.config, args.overrides, seeds=args.seeds, target=args.target)
-    table = format_table(results, start=start, target=target)
+    table = format_table(results, start=start, target=target) + "\n\n" + noise_line(cfg)
     print(table)
     print(f"written to {write_and_log(cfg, results, table)}")
     return 0

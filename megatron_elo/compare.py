@@ -86,6 +86,18 @@ def format_table(results: list[MethodResult], *, start: float, target: float) ->
     return "\n".join(lines)
 
 
+def noise_line(cfg: RunConfig) -> str:
+    """The noise-to-signal comparison at the config's judge noise, on the runs' cached player answers."""
+    from megatron_elo.analysis.noise import games_from_answer_cache, noise_to_signal
+
+    games = games_from_answer_cache(Path(cfg.output_dir) / "opponent_cache")
+    if not games:
+        return "noise: no cached answers to measure on"
+    r = noise_to_signal(games, noise=cfg.judge.noise)
+    return (f"noise-to-signal at judge noise {r.noise}: pairwise {r.pairwise_nsr:.3f}, absolute {r.absolute_nsr:.3f} "
+            f"(absolute/pairwise = {r.absolute_over_pairwise:.2f}; {r.items} answer pairs x {r.repeats} judgements)")
+
+
 def write_and_log(cfg: RunConfig, results: list[MethodResult], table: str) -> Path:
     """compare.md / compare.json in output_dir, and an MLflow run "compare" holding them."""
     from megatron_elo.tracking import make_tracker
