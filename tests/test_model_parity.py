@@ -10,6 +10,7 @@ from megatron_elo.config.hf_arch import read_hf_arch
 from megatron_elo.config.schema import ArchConfig
 from megatron_elo.models.hf_io import load_hf_state_dict, save_hf_checkpoint
 from megatron_elo.models.hf_mapping import (
+    full_shape,
     hf_to_megatron,
     megatron_to_hf,
     merge_stages,
@@ -47,6 +48,8 @@ def test_round_trip_is_bit_exact(checkpoints, name, tp, pp):
     # split into every (tp, pp) shard, then merge back
     shards = {(t, p): shard_for_rank(full, arch, tp_rank=t, tp=tp, pp_rank=p, pp=pp) for t in range(tp) for p in range(pp)}
     stages = [{k: unshard_tp(k, [shards[(t, p)][k] for t in range(tp)]) for k in shards[(0, p)]} for p in range(pp)]
+    for p in range(pp):  # a receiver can size a merged weight from one shard's shape
+        assert all(full_shape(k, tuple(v.shape), tp) == tuple(stages[p][k].shape) for k, v in shards[(0, p)].items())
     merged = merge_stages(stages, arch)
     assert merged.keys() == full.keys()
     assert all(torch.equal(merged[k], full[k]) for k in full)

@@ -29,6 +29,9 @@ import torch
 
 from megatron_elo.config.schema import ArchConfig
 
+_LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
+TIED_OUTPUT = "output_layer.weight"
+
 # TP split rules
 REPLICATED, VOCAB, QKV, COLUMN, ROW, GATE_UP = "replicated", "vocab", "qkv", "column", "row", "gate_up"
 
@@ -139,8 +142,8 @@ def megatron_weight_to_hf(name: str, value: torch.Tensor, arch: ArchConfig) -> l
     """One full Megatron weight (global layer index) -> its HF tensor(s); [] for the tied output copy."""
     if arch.tie_word_embeddings and name == "output_layer.weight":
         return []
-    match = re.match(r"^decoder\.layers\.(\d+)\.", name)
-    generic = re.sub(r"^decoder\.layers\.\d+\.", LAYER, name)
+    match = _LAYER_INDEX.match(name)
+    generic = _LAYER_INDEX.sub(LAYER, name)
     rule = next((r for r in _rules_for(arch) if r.megatron == generic), None)
     if rule is None:
         raise KeyError(f"no HF name for Megatron weight {name!r} (model_type {arch.family})")
@@ -170,7 +173,7 @@ def megatron_to_hf(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> dict[
 
 
 def _tp_rule(megatron_name: str) -> str:
-    generic = re.sub(r"decoder\.layers\.\d+\.", LAYER, megatron_name)
+    generic = _LAYER_INDEX.sub(LAYER, megatron_name)
     for rule in RULES:
         if rule.megatron == generic:
             return rule.tp_rule
@@ -197,6 +200,15 @@ def shard_tp(name: str, full: torch.Tensor, *, tp_rank: int, tp: int) -> torch.T
     raise AssertionError(rule)
 
 
+def full_shape(name: str, local_shape: tuple[int, ...], tp: int) -> tuple[int, ...]:
+    """Shape of the merged weight whose TP shard has ``local_shape`` (inverse of ``shard_tp``'s split)."""
+    rule = _tp_rule(name)
+    if rule == REPLICATED or tp == 1:
+        return tuple(local_shape)
+    dim = 1 if rule == ROW else 0  # vocab / qkv / column / gate_up split rows, row-parallel splits columns
+    return tuple(size * tp if i == dim else size for i, size in enumerate(local_shape))
+
+
 def unshard_tp(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
     """Inverse of ``shard_tp``: the full weight from every TP rank's slice (in rank order)."""
     rule = _tp_rule(name)
@@ -221,8 +233,9 @@ def stage_layers(num_layers: int, *, pp_rank: int, pp: int) -> range:
     return range(pp_rank * per_stage, (pp_rank + 1) * per_stage)
 
 
-_LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
-TIED_OUTPUT = "output_layer.weight"
+def local_to_global(name: str, start: int) -> str:
+    """``decoder.layers.{i}.x`` -> ``decoder.layers.{i + start}.x`` (a stage's local index to the global one)."""
+    return _LAYER_INDEX.sub(lambda m: f"decoder.layers.{int(m.group(1)) + start}.", name)
 
 
 def stage_state(full: Mapping[str, torch.Tensor], arch: ArchConfig, *, pp_rank: int, pp: int) -> dict[str, torch.Tensor]:
@@ -253,9 +266,8 @@ def merge_stages(stages: list[Mapping[str, torch.Tensor]], arch: ArchConfig) -> 
     for pp_rank, stage in enumerate(stages):
         start = stage_layers(arch.num_layers, pp_rank=pp_rank, pp=pp).start
         for name, value in stage.items():
-            match = _LAYER_INDEX.match(name)
-            if match:
-                out[f"decoder.layers.{int(match.group(1)) + start}." + name[match.end():]] = value
+            if _LAYER_INDEX.match(name):
+                out[local_to_global(name, start)] = value
             elif not (arch.tie_word_embeddings and name == TIED_OUTPUT):  # the tied copy: the embedding is kept
                 out[name] = value
     return out

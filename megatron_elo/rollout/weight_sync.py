@@ -10,7 +10,6 @@ the whole model. Peak extra memory is one full weight, never the whole model.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import torch
@@ -19,19 +18,18 @@ import torch.distributed as dist
 from megatron_elo.config.schema import ArchConfig
 from megatron_elo.models.hf_mapping import (
     TIED_OUTPUT,
+    full_shape,
     is_tp_sharded,
+    local_to_global,
     megatron_weight_to_hf,
     stage_layers,
     unshard_tp,
 )
 from megatron_elo.parallel.groups import ProcessGroups
 
-_LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
-
 
 def _global_name(name: str, arch: ArchConfig, groups: ProcessGroups) -> str:
-    start = stage_layers(arch.num_layers, pp_rank=groups.coords.pp_rank, pp=groups.layout.pp).start
-    return _LOCAL_LAYER.sub(lambda m: f"decoder.layers.{int(m.group(1)) + start}.", name)
+    return local_to_global(name, stage_layers(arch.num_layers, pp_rank=groups.coords.pp_rank, pp=groups.layout.pp).start)
 
 
 def _full_tensor(name: str, local: torch.Tensor, groups: ProcessGroups) -> torch.Tensor:
@@ -58,20 +56,10 @@ def megatron_weight_stream(model: torch.nn.Module, groups: ProcessGroups, arch: 
         local = dict(params) if mine else {}
         for global_name, local_name, shape, dtype in manifest[0]:
             full = _full_tensor(local_name, local[local_name], groups) if mine else None
-            shape_full = full.shape if mine else _full_shape(global_name, shape, groups)
+            shape_full = full.shape if mine else full_shape(global_name, shape, groups.layout.tp)
             buffer = full.contiguous() if mine else torch.empty(shape_full, dtype=dtype)
             dist.broadcast(buffer, src=src, group=groups.pp)
             yield global_name, buffer
-
-
-def _full_shape(name: str, local_shape: tuple[int, ...], groups: ProcessGroups) -> tuple[int, ...]:
-    """Shape of the merged weight: the owner stage's TP shard shape grown along its split dim."""
-    from megatron_elo.models.hf_mapping import ROW, _tp_rule
-
-    if groups.layout.tp == 1 or not is_tp_sharded(name):
-        return local_shape
-    dim = 1 if _tp_rule(name) == ROW else 0
-    return tuple(size * groups.layout.tp if i == dim else size for i, size in enumerate(local_shape))
 
 
 def hf_weight_stream(model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
