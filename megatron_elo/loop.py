@@ -229,19 +229,12 @@ class EloEvolveRun:
                             max_operand=self.cfg.data.synthetic.max_operand)
 
     def _build_trainer(self, model: ModelConfig) -> PolicyTrainer:
-        from megatron_elo.models.gpt import build_gpt_model, load_full_state
-        from megatron_elo.models.hf_io import load_hf_state_dict
-        from megatron_elo.models.hf_mapping import hf_to_megatron, padded_vocab_size
-        from megatron_elo.parallel.groups import build_process_groups
         from megatron_elo.parallel.layout import ParallelLayout
+        from megatron_elo.trainer.build import build_policy_trainer
 
-        arch = model.arch
-        groups = build_process_groups(ParallelLayout.from_config(self.cfg))
-        padded = padded_vocab_size(arch.vocab_size, self.cfg.parallel.tp, model.pad_vocab_to_multiple_of)
-        megatron_model = build_gpt_model(arch, groups, padded_vocab=padded, dtype=model.dtype, device=self.cfg.cluster.device)
-        load_full_state(megatron_model, hf_to_megatron(load_hf_state_dict(model.path), arch, padded_vocab=padded), arch, groups)
-        return PolicyTrainer(model=megatron_model, groups=groups, arch=arch, config=self.cfg.trainer, padded_vocab=padded,
-                             total_steps=self.cfg.trainer.steps)
+        return build_policy_trainer(model.path, ParallelLayout.from_config(self.cfg), self.cfg.trainer,
+                                    total_steps=self.cfg.trainer.steps, dtype=model.dtype, device=self.cfg.cluster.device,
+                                    pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of)
 
     # ------------------------------------------------------------ one step
 

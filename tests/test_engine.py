@@ -20,20 +20,11 @@ SEQUENCES = [[5, 17, 99, 3, 42, 8, 64, 1], [7, 7, 7, 120, 0, 33]]
 
 
 def _trainer(model_dir: str, lr: float):
-    from megatron_elo.config.hf_arch import read_hf_arch
-    from megatron_elo.models.gpt import build_gpt_model, load_full_state
-    from megatron_elo.models.hf_io import load_hf_state_dict
-    from megatron_elo.models.hf_mapping import hf_to_megatron
-    from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
-    from megatron_elo.trainer.step import PolicyTrainer
+    from megatron_elo.trainer.build import build_policy_trainer
 
-    arch = read_hf_arch(model_dir)
-    groups = build_process_groups(ParallelLayout(tp=1, pp=1, dp=1))
-    model = build_gpt_model(arch, groups, padded_vocab=arch.vocab_size)
-    load_full_state(model, hf_to_megatron(load_hf_state_dict(model_dir), arch), arch, groups)
     config = TrainerConfig(lr=lr, micro_batch_size=4, global_batch_size=4, precision="fp32", grad_clip=0.0)
-    return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=5)
+    return build_policy_trainer(model_dir, ParallelLayout(tp=1, pp=1, dp=1), config, total_steps=5)
 
 
 def _trainer_logprobs(trainer, seq):

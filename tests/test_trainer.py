@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_elo.config.hf_arch import read_hf_arch
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
-from megatron_elo.models.hf_io import load_hf_state_dict
-from megatron_elo.models.hf_mapping import hf_to_megatron, merge_stages, padded_vocab_size, unshard_tp
+from megatron_elo.models.hf_mapping import merge_stages, unshard_tp
 from megatron_elo.models.tiny import make_tiny_hf_model
 from megatron_elo.trainer.step import TrainBatch, lr_factor
 from tests.distributed import run_distributed
@@ -50,17 +48,11 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
 def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10):
     import torch.distributed as dist
 
-    from megatron_elo.models.gpt import build_gpt_model, load_full_state
-    from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
-    from megatron_elo.trainer.step import PolicyTrainer
+    from megatron_elo.trainer.build import build_policy_trainer
 
-    arch = read_hf_arch(model_dir)
-    groups = build_process_groups(ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp)))
-    padded = padded_vocab_size(arch.vocab_size, tp, 16)
-    model = build_gpt_model(arch, groups, padded_vocab=padded)
-    load_full_state(model, hf_to_megatron(load_hf_state_dict(model_dir), arch, padded_vocab=padded), arch, groups)
-    return PolicyTrainer(model=model, groups=groups, arch=arch, config=TRAINER, padded_vocab=padded, total_steps=total_steps)
+    layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
+    return build_policy_trainer(model_dir, layout, TRAINER, total_steps=total_steps, pad_vocab_to_multiple_of=16)
 
 
 def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
