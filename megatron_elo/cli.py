@@ -115,6 +115,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_plan(plan_devices(cfg))
         print("configuration is valid (dry run: nothing started)")
         return 0
+    if cfg.trainer.kernels == "triton":
+        import logging
+
+        import torch
+
+        from kernels._runtime import enable_interpreter_without_cuda
+
+        if not torch.cuda.is_available() and enable_interpreter_without_cuda():
+            logging.getLogger("megatron_elo").warning(
+                "trainer.kernels=triton without CUDA: the kernels run in Triton's interpreter (correct, slow)")
     from megatron_elo.loop import EloEvolveRun, NotSupportedYet
 
     try:

@@ -292,7 +292,7 @@ class EloEvolveRun:
 
         clock = time.perf_counter()
         rewards, valid = outcome_matrix(outcomes, [p.prompt_id for p in prompts], cfg.rollout.n_per_prompt)
-        advantages = group_advantages(torch.tensor(rewards), torch.tensor(valid), std_normalize=cfg.trainer.std_normalize)
+        advantages = self._advantages(torch.tensor(rewards), torch.tensor(valid))
         batch = self._train_batch(prompts, samples, advantages)
         train_stats = [self.trainer.train_step(part) for part in batch.micro_batches(cfg.trainer.global_batch_size)]
         timings["train"] = time.perf_counter() - clock
@@ -305,6 +305,17 @@ class EloEvolveRun:
         self.state.elo_history.append({"step": step + 1, **self.pool.ratings()})
         self._last_games = (games, verdicts)
         return self._metrics(train_stats, outcomes, rewards, valid, plan.probabilities, timings, batch, deltas)
+
+    def _advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """[P, n] outcomes -> [P, n] group-normalised advantages (torch reference or the Triton kernel;
+        the fused loss broadcasts them onto tokens itself, so no token mask is passed here)."""
+        std_normalize = self.cfg.trainer.std_normalize
+        if self.cfg.trainer.kernels == "torch":
+            return group_advantages(rewards, valid, std_normalize=std_normalize)
+        from kernels import token_advantages
+
+        no_tokens = torch.zeros(rewards.numel(), 0, dtype=torch.bool)
+        return token_advantages(rewards, valid, no_tokens, std_normalize=std_normalize)[0].reshape(rewards.shape)
 
     def _metrics(self, train_stats, outcomes: list[Outcome], rewards, valid, probabilities, timings, batch, deltas) -> dict[str, float]:
         last = train_stats[-1]

@@ -1,8 +1,13 @@
-"""Shared test setup: GPU tests skip cleanly without CUDA."""
+"""Shared test setup: GPU tests skip cleanly without CUDA; Triton kernels run in Triton's
+interpreter without CUDA (it must be chosen before anything imports triton, hence here)."""
 
 from __future__ import annotations
 
 import pytest
+
+from kernels._runtime import enable_interpreter_without_cuda
+
+enable_interpreter_without_cuda()
 
 
 def pytest_collection_modifyitems(config, items):

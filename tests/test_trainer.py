@@ -45,14 +45,17 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
                       old_logprobs=old, ref_logprobs=ref)
 
 
-def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10):
+def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch"):
+    import dataclasses
+
     import torch.distributed as dist
 
     from megatron_elo.parallel.layout import ParallelLayout
     from megatron_elo.trainer.build import build_policy_trainer
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
-    return build_policy_trainer(model_dir, layout, TRAINER, total_steps=total_steps, pad_vocab_to_multiple_of=16)
+    return build_policy_trainer(model_dir, layout, dataclasses.replace(TRAINER, kernels=kernels), total_steps=total_steps,
+                                pad_vocab_to_multiple_of=16)
 
 
 def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
@@ -61,9 +64,9 @@ def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
     return next(batch.micro_batches(per)) if dp == 1 else list(batch.micro_batches(per))[d]
 
 
-def grads_then_steps(rank, world_size, model_dir, tp, pp, batches):
+def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch"):
     """Gradients of the first batch, then the weights after one optimizer step per batch."""
-    trainer = _trainer(model_dir, tp, pp)
+    trainer = _trainer(model_dir, tp, pp, kernels=kernels)
     stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups))
     norm = trainer.grad_norm()
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
@@ -91,10 +94,14 @@ def reference(model_dir):
     return batches, run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches)[0]
 
 
-@pytest.mark.parametrize("tp, pp, dp", [(2, 1, 1), (1, 1, 2), (1, 2, 1)])
-def test_loss_grads_and_updates_match_the_single_process_run(model_dir, reference, tp, pp, dp):
+@pytest.mark.parametrize("tp, pp, dp, kernels", [(2, 1, 1, "torch"), (1, 1, 2, "torch"), (1, 2, 1, "torch"),
+                                                 (1, 1, 1, "triton"), (2, 1, 1, "triton"), (1, 2, 1, "triton")])
+def test_loss_grads_and_updates_match_the_single_process_run(model_dir, reference, tp, pp, dp, kernels):
+    """Every layout, with either loss-side implementation (fp32), against TP = PP = DP = 1 in torch."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
-    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, batches)
+    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, batches, kernels)
     grads, weights = _merge(results, tp, pp)
     for _, stats, norm, _, _ in results:  # every rank reports the same numbers
         for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):

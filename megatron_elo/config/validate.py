@@ -106,6 +106,12 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
     check.need(t.kl_coef >= 0, f"trainer.kl_coef: must be >= 0 (0 disables the KL term), got {t.kl_coef}")
     check.need(t.grad_clip >= 0, f"trainer.grad_clip: must be >= 0 (0 disables clipping), got {t.grad_clip}")
     check.need(t.warmup_steps >= 0, f"trainer.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    if t.kernels == "triton":
+        import importlib.util
+
+        check.need(importlib.util.find_spec("triton") is not None,
+                   "trainer.kernels=triton: the `triton` package is not installed (CUDA torch builds ship it; "
+                   "pip install triton), or set trainer.kernels=torch")
     check.need(cfg.rollout.temperature > 0, f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
     check.need(0 < cfg.rollout.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
     check.need(0 <= cfg.judge.noise <= 1, f"judge.noise: must be a probability in [0, 1], got {cfg.judge.noise}")

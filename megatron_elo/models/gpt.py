@@ -8,6 +8,10 @@ from the ``ProcessGroups`` passed in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
@@ -132,3 +136,24 @@ def load_full_state(model, full_state, arch: ArchConfig, groups: ProcessGroups) 
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
         raise KeyError(f"weights do not fit the model shard: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+@contextmanager
+def output_layer_returns_hidden(model) -> Iterator[SimpleNamespace]:
+    """Inside the block, the last stage's forward returns the final hidden states [B, S, H] (after
+    the final norm) instead of logits [B, S, V/tp]; the yielded holder's ``weight`` is then the
+    output weight [V/tp, H] the layer would have used (the embedding's when tied). For the fused
+    linear log-prob kernel, which must never see the logits. The layer's own forward would also
+    all-reduce grad_hidden over TP in backward; the kernel does that itself."""
+    layer = model.output_layer
+    holder = SimpleNamespace(weight=None)
+
+    def passthrough(hidden_states, weight=None, runtime_gather_output=None):
+        holder.weight = weight if weight is not None else layer.weight
+        return hidden_states, None
+
+    layer.forward = passthrough  # an instance attribute shadows the class method until deleted
+    try:
+        yield holder
+    finally:
+        del layer.forward

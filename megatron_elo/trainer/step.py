@@ -8,6 +8,11 @@ torch AdamW on each rank's parameter shard (element-wise, so sharding does not c
 pipeline stages driven by hand (forward, send activations, receive output grads, backward) one
 micro-batch at a time. megatron-core's DDP buffers, distributed optimizer and pipeline schedules
 allocate on CUDA and are the GPU path (not wired yet: see the README status table).
+
+Loss side (``trainer.kernels``): ``torch`` computes the logits shard and reduces it with
+``vocab_parallel_logprobs`` + ``reference.policy_loss``; ``triton`` stops the model before its output
+layer and runs the fused linear log-prob + entropy kernel on the hidden states and the output weight
+(no [tokens x vocab] logits), then the fused policy-loss kernel (``kernels/``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.distributed as dist
 
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
 from megatron_elo.loss.reference import PolicyLossConfig, broadcast_to_tokens, policy_loss
+from megatron_elo.models.gpt import output_layer_returns_hidden
 from megatron_elo.models.hf_mapping import is_tp_sharded
 from megatron_elo.parallel.groups import ProcessGroups
 from megatron_elo.trainer.logprobs import shift_to_tokens, vocab_parallel_logprobs
@@ -85,6 +91,9 @@ class PolicyTrainer:
         self.arch = arch
         self.config = config
         self.loss_config = PolicyLossConfig.from_trainer(config)
+        self.fused = config.kernels == "triton"
+        if self.fused:
+            import kernels.linear_logprob  # noqa: F401  (fail at start-up, not at the first step, if triton is missing)
         self.local_vocab = padded_vocab // groups.layout.tp
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -105,7 +114,8 @@ class PolicyTrainer:
 
     def _stage_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run this stage on ``tokens`` [B, S]; returns (output, received input activation or None).
-        Output: logits shard [B, S, V/tp] on the last stage, hidden states [S, B, H] elsewhere."""
+        Output on the last stage: the logits shard [B, S, V/tp], or with fused kernels a
+        ``(hidden [B, S, H], output weight [V/tp, H])`` pair; hidden states [S, B, H] elsewhere."""
         batch, seq = tokens.shape
         positions = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
         received = None
@@ -114,16 +124,33 @@ class PolicyTrainer:
             dist.recv(received, src=self._pp_peer(-1))
             received.requires_grad_(torch.is_grad_enabled())
             self.model.set_input_tensor(received)
-        output = self.model(tokens if self.groups.is_first_stage else None, positions, None)
-        return output, received
+        inputs = (tokens if self.groups.is_first_stage else None, positions, None)
+        if self.fused and self.groups.is_last_stage:
+            with output_layer_returns_hidden(self.model) as output_layer:
+                hidden = self.model(*inputs)
+            return (hidden, output_layer.weight), received
+        return self.model(*inputs), received
 
-    def _token_logprobs(self, logits_shard: torch.Tensor, tokens: torch.Tensor, *, with_entropy: bool):
-        """[B, S, V/tp] logits -> per-token log p(token_t) and entropy, both [B, S] (0 at t = 0)."""
+    def _token_logprobs(self, output, tokens: torch.Tensor, *, with_entropy: bool):
+        """Last-stage output -> per-token log p(token_t) and entropy, both [B, S] (0 at t = 0)."""
+        if self.fused:
+            return self._fused_token_logprobs(*output, tokens)
+        logits_shard = output  # [B, S, V/tp]
         logprobs, entropy = vocab_parallel_logprobs(
             logits_shard[:, :-1], tokens[:, 1:], tp_group=self.groups.tp,
             vocab_start=self.groups.coords.tp_rank * self.local_vocab, true_vocab=self.arch.vocab_size,
             with_entropy=with_entropy)
         return shift_to_tokens(logprobs), shift_to_tokens(entropy) if entropy is not None else None
+
+    def _fused_token_logprobs(self, hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor):
+        """hidden [B, S, H] and the output weight [V/tp, H] -> log-probs and entropy [B, S] (fused kernel)."""
+        from kernels import fused_linear_logprobs_entropy
+
+        batch, seq, width = hidden.shape
+        logprobs, entropy = fused_linear_logprobs_entropy(
+            hidden[:, :-1].reshape(-1, width), weight, tokens[:, 1:].reshape(-1), tp_group=self.groups.tp,
+            vocab_start=self.groups.coords.tp_rank * self.local_vocab, true_vocab=self.arch.vocab_size)
+        return (shift_to_tokens(logprobs.reshape(batch, seq - 1)), shift_to_tokens(entropy.reshape(batch, seq - 1)))
 
     @torch.no_grad()
     def compute_logprobs(self, tokens: torch.Tensor, *, micro_batch_size: int | None = None) -> torch.Tensor | None:
@@ -174,12 +201,18 @@ class PolicyTrainer:
         self._sync_grads()
         return self._share_stats(totals, batch)
 
-    def _micro_loss(self, logits_shard: torch.Tensor, micro: TrainBatch, normalizer: float):
-        logprobs, entropy = self._token_logprobs(logits_shard, micro.tokens, with_entropy=True)  # entropy is always logged
+    def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
+        logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
         mask = micro.response_mask
-        advantages = broadcast_to_tokens(micro.advantages, mask)
-        loss, stats = policy_loss(logprobs, micro.old_logprobs, advantages, mask, config=self.loss_config,
-                                  ref_logprobs=micro.ref_logprobs, entropy=entropy, normalizer=normalizer)
+        if self.fused:
+            from kernels import fused_policy_loss
+
+            loss, stats = fused_policy_loss(logprobs, micro.old_logprobs, micro.advantages, mask, config=self.loss_config,
+                                            ref_logprobs=micro.ref_logprobs, entropy=entropy, normalizer=normalizer)
+        else:
+            advantages = broadcast_to_tokens(micro.advantages, mask)
+            loss, stats = policy_loss(logprobs, micro.old_logprobs, advantages, mask, config=self.loss_config,
+                                      ref_logprobs=micro.ref_logprobs, entropy=entropy, normalizer=normalizer)
         clipped_tokens = stats.clip_fraction * float(mask.sum())
         return loss, stats, clipped_tokens
 
