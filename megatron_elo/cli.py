@@ -186,6 +186,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from kernels.benchmark import run
+
+    return run(args)
+
+
 def cmd_not_built(issue: int, what: str):
     def handler(args: argparse.Namespace) -> int:
         raise NotBuiltYet(f"{what} lands with issue #{issue}")
@@ -218,11 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard)")
-    bench.add_argument("target", choices=["kernels", "trainer", "reshard"], help="what to measure")
-    bench.add_argument("--config", help="model/batch config for trainer and reshard benchmarks")
-    bench.add_argument("--out", help="also write the table (markdown) to this file")
-    bench.set_defaults(handler=lambda a: cmd_not_built({"kernels": 3, "trainer": 5, "reshard": 6}[a.target],
-                                                       f"`bench {a.target}`")(a))
+    bench_targets = bench.add_subparsers(dest="target", required=True, metavar="{kernels,trainer,reshard}")
+    bench_kernels = bench_targets.add_parser("kernels", help="fused loss-side kernels vs torch / compile / Liger / CCE",
+                                             formatter_class=raw,
+                                             description="Forward+backward time and peak extra memory of each loss-side kernel "
+                                                         "beside its peers and its floor (see kernels/benchmark.py).")
+    from kernels.benchmark import add_arguments as add_kernel_bench_arguments
+
+    add_kernel_bench_arguments(bench_kernels)
+    bench_kernels.set_defaults(handler=cmd_bench_kernels)
+    for target, issue in (("trainer", 5), ("reshard", 6)):
+        later = bench_targets.add_parser(target, help=f"(issue #{issue})")
+        later.add_argument("--config", help="model/batch config")
+        later.add_argument("--out", help="also write the table (markdown) to this file")
+        later.set_defaults(handler=cmd_not_built(issue, f"`bench {target}`"))
 
     convert = sub.add_parser("convert", help="convert checkpoints between HF safetensors and the Megatron layout")
     convert.add_argument("--from", dest="source_format", choices=["hf", "megatron"], required=True)

@@ -244,3 +244,19 @@ def test_fused_linear_bf16_error_no_larger_than_torch_bf16():
         kernel_err = (kernel.float() - reference).abs().max().item()
         torch_err = (torch_value.float() - reference).abs().max().item()
         assert kernel_err <= 1.5 * torch_err + 1e-3 * reference.abs().max().item(), (kernel_err, torch_err)
+
+
+# ---------------------------------------------------------------- the benchmark command
+
+
+def test_bench_kernels_prints_and_writes_every_row(tmp_path):
+    from megatron_elo.cli import main
+
+    out = tmp_path / "bench.md"
+    assert main(["bench", "kernels", "--tokens", "8", "--hidden", "16", "--vocab", "50", "--seqs", "8", "--seq-len", "8",
+                 "--out", str(out)]) == 0
+    table = out.read_text()
+    for kernel in ("linear log-prob + entropy fwd+bwd", "log-prob + entropy stats from logits fwd",
+                   "PG loss + KL + entropy fwd+bwd", "advantage + token broadcast"):
+        assert table.count(f"| {kernel} |") == 2, kernel  # ours and torch eager (the CPU peers)
+    assert "failed" not in table
