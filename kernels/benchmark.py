@@ -153,7 +153,6 @@ def _linear_rows(rows: list[Row], tokens: int, hidden: int, vocab: int, dtype, d
         except ImportError:
             rows.append(Row(kernel=name, shape=shape, impl="Cut Cross-Entropy", ms=None, extra_gib=None, floor_ms=floor,
                             note="cut-cross-entropy not installed"))
-    del h, w
 
 
 def _logit_read_rows(rows: list[Row], tokens: int, vocab: int, dtype, device: str, peers, peak_tbps: float) -> None:
@@ -177,8 +176,8 @@ def _logit_read_rows(rows: list[Row], tokens: int, vocab: int, dtype, device: st
     if "torch" in peers:
         _run(rows, name, shape, "torch eager", lambda: token_logprobs_and_entropy(logits, targets), device, floor)
     if "compile" in peers:
-        _run(rows, name, shape, "torch.compile", lambda f=torch.compile(token_logprobs_and_entropy): f(logits, targets),
-             device, floor)
+        compiled = torch.compile(token_logprobs_and_entropy)
+        _run(rows, name, shape, "torch.compile", lambda: compiled(logits, targets), device, floor)
 
 
 def _per_token_rows(rows: list[Row], seqs: int, seq_len: int, device: str, peers, peak_tbps: float) -> None:
@@ -186,7 +185,12 @@ def _per_token_rows(rows: list[Row], seqs: int, seq_len: int, device: str, peers
 
     from kernels.advantage import token_advantages
     from kernels.policy_loss import fused_policy_loss
-    from megatron_elo.loss.reference import PolicyLossConfig, broadcast_to_tokens, group_advantages, policy_loss
+    from megatron_elo.loss.reference import (
+        PolicyLossConfig,
+        broadcast_to_tokens,
+        group_advantages,
+        policy_loss,
+    )
 
     gen = torch.Generator(device=device).manual_seed(2)
     shape = f"B={seqs} S={seq_len} fp32"

@@ -28,6 +28,7 @@ from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import ModelConfig, RunConfig
 from megatron_elo.elo.pool import EloPool
 from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Response
+from megatron_elo.judges.llm import LLMJudge, build_llm_judge
 from megatron_elo.judges.programmatic import ArithmeticJudge
 from megatron_elo.loss.reference import group_advantages
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
@@ -184,9 +185,12 @@ class EloEvolveRun:
         self.stop_after = stop_after  # tests: stop (as if killed) after this many steps of this process
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
         self.tokenizer = CharTokenizer()
-        if cfg.data.format != "synthetic" or cfg.judge.kind != "programmatic":
-            raise NotSupportedYet("the loop runs the synthetic task with a programmatic judge for now; LLM judges and "
-                                  "jsonl/parquet prompts land with issue #6 (use configs/tiny_cpu.yaml)")
+        if cfg.data.format != "synthetic":
+            raise NotSupportedYet("the loop runs the synthetic task for now; jsonl/parquet prompts land with issue #4 "
+                                  "(use configs/tiny_cpu.yaml)")
+        if cfg.judge.kind == "llm" and cfg.algorithm.name == "point":
+            raise NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet; use a pairwise "
+                                  "algorithm or judge.kind=programmatic")
         layout = (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp)
         if layout != (1, 1, 1):
             raise NotSupportedYet(f"the loop runs single-process for now (parallel tp,pp,dp = {layout}); the parallel "
@@ -198,7 +202,9 @@ class EloEvolveRun:
         self.loader = PromptLoader(self.train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.pool = EloPool.from_config(cfg.opponents, cfg.algorithm.elo)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, self.pool, total_steps=cfg.trainer.steps)
-        self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions)
+        # the LLM judge's engine starts in run(); held-out evaluation always uses the task's exact checker
+        self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions) \
+            if cfg.judge.kind == "programmatic" else None
         self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False)
         self.state = RunState()
 
@@ -326,6 +332,8 @@ class EloEvolveRun:
                    "response_tokens": float(batch.response_mask.sum())}
         total_time = sum(timings.values())
         metrics["tokens_per_s"] = float(batch.response_mask.sum()) / max(total_time, 1e-9)
+        if isinstance(self.judge, LLMJudge):
+            metrics.update(self.judge.stats.as_metrics())
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         for member in self.pool.members:
             mine = [o for o in outcomes if o.opponent == member.name and o.valid]
@@ -479,6 +487,8 @@ class EloEvolveRun:
         self._prepare_players()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
+        if self.judge is None:
+            self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed)
         self.trainer = self._build_trainer(self.cfg.model)
         self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
         resumed = self._resume()

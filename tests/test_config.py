@@ -335,3 +335,12 @@ def test_prepared_players_must_match_prepare_arch():
         tiny("opponents.weak.model.arch.num_layers=4")
     with pytest.raises(ConfigError, match=r"opponents.0.model.path: 'runs/elsewhere' has no config.json"):
         tiny("opponents.weak.model.path=runs/elsewhere")
+
+
+def test_llm_judge_template_is_checked_up_front(tmp_path):
+    template = tmp_path / "judge.txt"
+    template.write_text("{question} {answer_a}")
+    with pytest.raises(ConfigError, match=r"judge.template .*judge.txt: uses fields \['answer_a', 'question'\]"):
+        tiny("judge.kind=llm", f"judge.model.path={_write_hf_config(tmp_path / 'judge')}", f"judge.template={template}")
+    with pytest.raises(ConfigError, match=r"judge.template: no file at .*missing.txt"):
+        tiny("judge.kind=llm", f"judge.model.path={tmp_path / 'judge'}", f"judge.template={tmp_path}/missing.txt")

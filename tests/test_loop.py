@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_elo.config.loader import config_from_dict, read_yaml
+from megatron_elo.config.loader import config_from_dict, config_to_dict, read_yaml
 from megatron_elo.config.validate import validate
 from tests.distributed import run_distributed
 
@@ -142,9 +142,52 @@ def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
     from megatron_elo.loop import EloEvolveRun, NotSupportedYet
 
     cfg = small_config(tmp_path, players)
-    cfg.judge.kind = "llm"
-    with pytest.raises(NotSupportedYet, match="programmatic judge"):
+    cfg.data.format = "jsonl"
+    with pytest.raises(NotSupportedYet, match="synthetic task"):
         EloEvolveRun(cfg)
+    cfg = small_config(tmp_path, players)
+    cfg.judge.kind, cfg.algorithm.name = "llm", "point"
+    with pytest.raises(NotSupportedYet, match="point-wise"):
+        EloEvolveRun(cfg)
+
+
+def llm_judged_run(rank, world_size, cfg):
+    from megatron_elo.loop import EloEvolveRun
+
+    run = EloEvolveRun(cfg)
+    summary = run.run()
+    return summary, run.judge.stats, run.state.elo_history
+
+
+def test_the_loop_runs_with_an_llm_judge_in_its_own_engine(players, tmp_path):
+    """judge.kind=llm: a tiny judge model with a byte tokenizer in its own vLLM engine decides the
+    games by log-prob verdicts (both orders); every game is judged, ratings move, metrics are logged."""
+    from mlflow.tracking import MlflowClient
+
+    from megatron_elo.config.schema import ArchConfig
+    from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
+
+    judge_dir = tmp_path / "judge"
+    arch = ArchConfig(family="qwen2", num_layers=1, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
+                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=1024, tie_word_embeddings=True)
+    make_tiny_hf_model(arch, judge_dir, seed=5, init_std=0.3)
+    make_tiny_tokenizer(judge_dir)
+    raw = read_yaml(TINY)
+    cfg = small_config(tmp_path, players)
+    raw_judge = {"kind": "llm", "model": {"path": str(judge_dir), "dtype": "fp32"}, "logprob_verdicts": True,
+                 "swap_positions": True, "engine": {**raw["rollout"]["engine"], "max_model_len": 1024}}
+    as_dict = config_to_dict(cfg)
+    as_dict["judge"] = raw_judge
+    as_dict["eval"]["every_steps"] = 0
+    as_dict["trainer"]["steps"] = 2
+    cfg = validate(config_from_dict(as_dict))
+    summary, stats, elo_history = run_distributed(llm_judged_run, 1, cfg, timeout=900)[0]
+    games = cfg.rollout.prompts_per_step * cfg.rollout.n_per_prompt * 2
+    assert stats.games == games and stats.invalid == 0 and stats.failed == 0
+    assert elo_history[-1] != elo_history[0]
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
+    assert run.data.metrics["judge/invalid_rate"] == 0.0 and "judge/order_flip_rate" in run.data.metrics
 
 
 def test_opponent_answers_do_not_depend_on_what_else_is_asked(players, tmp_path):

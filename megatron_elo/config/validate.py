@@ -315,7 +315,19 @@ def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
         check.need(cfg.judge.task is not None, "judge.task: a programmatic judge needs a task (arithmetic or sorting)")
 
 
+def _check_judge_template(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
+    if cfg.judge.kind != "llm" or not check_paths:
+        return
+    from megatron_elo.judges.llm import load_template
+
+    try:
+        load_template(cfg.judge.template)
+    except (OSError, ValueError) as err:
+        check.problems.append(str(err))
+
+
 def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
+    _check_judge_template(cfg, check, check_paths)
     data = cfg.data
     if data.format == "synthetic":
         check.need(
@@ -325,7 +337,7 @@ def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
         return
     if not check.need(data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
         return
-    paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path, "judge.template": cfg.judge.template}
+    paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path}
     for name, path in paths.items():
         if path is None:
             continue

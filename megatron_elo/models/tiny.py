@@ -28,3 +28,28 @@ def make_tiny_hf_model(arch: ArchConfig, out_dir: str | Path, *, seed: int = 0, 
                 param.normal_(0.0, init_std if param.dim() > 1 else 0.1)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return Path(out_dir)
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def make_tiny_tokenizer(out_dir: str | Path) -> Path:
+    """Save a byte-level tokenizer (256 byte tokens + 3 specials, Qwen-style chat template) that
+    encodes any text, for tiny models that must read free text (the LLM judge in tests).
+    Vocabulary size 259: give the model ``vocab_size >= 259``."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_vocab = {token: index for index, token in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                                chat_template=CHAT_TEMPLATE)
+    fast.save_pretrained(str(out_dir))
+    return Path(out_dir)

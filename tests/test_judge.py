@@ -1,0 +1,224 @@
+"""The LLM judge: verdict parsing, templates, position swap, invalid and failed verdicts dropped and
+counted (never a win), log-prob verdicts equal to the model's own P(A) / P(B) on a real vLLM engine,
+and served engines: health checks, retries, timeouts."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megatron_elo.flow import Game, Prompt, Response
+from megatron_elo.judges.llm import LLMJudge, load_template, parse_verdict
+from megatron_elo.rollout.served import CompletionsClient, ServedEngine, ServerError
+from tests.distributed import free_port
+from tests.fake_openai_server import make_server
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    import transformers
+
+    from megatron_elo.models.tiny import make_tiny_tokenizer
+
+    return transformers.AutoTokenizer.from_pretrained(str(make_tiny_tokenizer(tmp_path_factory.mktemp("tok"))))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Answer B is clearer.\n[[B]]", "B"),
+    ("[[ a ]]", "A"),
+    ("Both are equally good. [[C]]", "tie"),
+    ("Verdict: A", "A"),
+    ("The winner is Answer B.", "B"),
+    ("Final verdict: tie", "tie"),
+    ("B", "B"),
+    ("tie.", "tie"),
+    ("It is a draw.", "tie"),
+    ("[[A]] ... on reflection [[B]]", None),     # two different verdicts: ambiguous
+    ("Verdict: A. Winner: B", None),
+    ("I cannot decide", None),
+    ("", None),
+    ("Answer A is longer but Answer B is correct", None),  # no verdict given
+])
+def test_parse_verdict(text, expected):
+    assert parse_verdict(text) == expected
+
+
+def test_template_default_and_bad_templates(tmp_path):
+    assert "{answer_b}" in load_template(None)
+    with pytest.raises(FileNotFoundError, match="judge.template: no file"):
+        load_template(str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Q: {question} A: {answer_a} {answer_c}")
+    with pytest.raises(ValueError, match=r"must use exactly \['answer_a', 'answer_b', 'question'\]"):
+        load_template(str(bad))
+
+
+def _games(count: int) -> list[Game]:
+    games = []
+    for i in range(count):
+        prompt = Prompt(prompt_id=f"p{i}", text=f"question {i}")
+        games.append(Game(game_id=i, prompt=prompt, policy=Response(player="policy", prompt_id=prompt.prompt_id, sample_index=0,
+                                                                    text=f"policy-answer-{i}"),
+                          opponent=Response(player="weak", prompt_id=prompt.prompt_id, sample_index=0, text=f"opp-answer-{i}")))
+    return games
+
+
+class ScriptedBackend:
+    """Replies chosen by which answer the judge sees first (by index of the game)."""
+
+    def __init__(self, first: list[str], second: list[str], *, fail: bool = False):
+        self.first, self.second, self.fail, self.prompts = first, second, fail, []
+
+    def complete(self, prompts, *, max_new_tokens):
+        if self.fail:
+            raise ConnectionError("judge server down")
+        self.prompts = list(prompts)
+        return self.first + self.second
+
+
+def test_swap_agreement_flip_invalid_and_failure(tokenizer):
+    backend = ScriptedBackend(first=["[[A]]", "[[A]]", "[[B]]", "nonsense", "[[C]]"],
+                              second=["[[B]]", "[[A]]", "[[A]]", "[[B]]", "[[C]]"])
+    judge = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=True)
+    verdicts = judge.judge_pairs(_games(5), np.random.default_rng(0))
+    # game 0: A then B -> policy both times; 1: A then A -> flips with the order -> tie;
+    # 2: B then A -> opponent; 3: unparsable first reply -> dropped; 4: tie both times
+    assert [v.winner for v in verdicts] == ["policy", "tie", "opponent", None, "tie"]
+    assert [v.valid for v in verdicts] == [True, True, True, False, True]
+    assert "invalid judge reply" in verdicts[3].detail and judge.stats.invalid == 1 and judge.stats.order_flips == 1
+    # the policy's answer is shown first in the first half of the prompts and second in the other half
+    first, second = backend.prompts[0], backend.prompts[5]
+    assert first.index("policy-answer-0") < first.index("opp-answer-0")
+    assert second.index("opp-answer-0") < second.index("policy-answer-0")
+    assert first.startswith("<|im_start|>user\n") and first.endswith("<|im_start|>assistant\n")
+
+    failing = LLMJudge(backend=ScriptedBackend([], [], fail=True), tokenizer=tokenizer, template=load_template(None))
+    verdicts = failing.judge_pairs(_games(3))
+    assert not any(v.valid for v in verdicts)
+    assert "ConnectionError: judge server down" in verdicts[0].detail and failing.stats.failed == 3
+    assert failing.stats.as_metrics()["judge/failed_rate"] == 1.0
+
+
+def test_point_wise_games_are_not_judged_pairwise(tokenizer):
+    game = _games(1)[0]
+    lone = Game(game_id=7, prompt=game.prompt, policy=game.policy, opponent=None)
+    judge = LLMJudge(backend=ScriptedBackend(["[[A]]"], ["[[B]]"]), tokenizer=tokenizer, template=load_template(None))
+    verdicts = judge.judge_pairs([game, lone])
+    assert verdicts[0].winner == "policy" and not verdicts[1].valid and verdicts[1].game_id == 7
+
+
+# ---------------------------------------------------------------- a real vLLM engine as the judge
+
+
+@pytest.mark.slow
+def test_logprob_verdicts_on_a_vllm_engine_equal_the_models_own_probabilities(tmp_path, tokenizer):
+    """The engine's verdict is the argmax over log p(A / B / C | prompt + "[[") that transformers
+    computes on the same tokens; the text mode on a random model gives replies that are counted."""
+    pytest.importorskip("vllm")
+    import torch
+    import transformers
+
+    from megatron_elo.config.schema import ArchConfig, EngineConfig
+    from megatron_elo.judges.llm import LOGPROB_CHOICES, EngineJudgeBackend
+    from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
+    from megatron_elo.rollout.engine import RolloutEngine
+
+    arch = ArchConfig(family="qwen2", num_layers=2, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
+                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=2048, tie_word_embeddings=False)
+    model_dir = make_tiny_hf_model(arch, tmp_path / "judge", seed=3, init_std=0.5)
+    make_tiny_tokenizer(model_dir)
+    engine = RolloutEngine(str(model_dir), EngineConfig(max_model_len=2048, kv_cache_gib=0.25, gpu_memory_utilization=0.2),
+                           seed=0, dtype="fp32")
+    games = _games(3)
+    judge = LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(None),
+                     swap_positions=False, logprob_verdicts=True)
+    verdicts = judge.judge_pairs(games)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    for game, verdict in zip(games, verdicts, strict=True):
+        ids = tokenizer.encode(judge.render(game.prompt.text, game.policy.text, game.opponent.text), add_special_tokens=False)
+        with torch.no_grad():
+            next_logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+        letters = list(LOGPROB_CHOICES)
+        best = letters[int(torch.stack([next_logp[tokenizer.encode(c)[0]] for c in letters]).argmax())]
+        assert verdict.valid and verdict.winner == {"A": "policy", "B": "opponent", "C": "tie"}[best]
+        engine_logp = [float(x.split("=")[1]) for x in verdict.detail.removeprefix("logp ").split()]
+        expected = [next_logp[tokenizer.encode(c)[0]].item() for c in letters]
+        np.testing.assert_allclose(engine_logp, expected, atol=1e-3)
+
+    text_judge = LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(None),
+                          swap_positions=True, max_new_tokens=8)
+    verdicts = text_judge.judge_pairs(games)
+    invalid = sum(not v.valid for v in verdicts)
+    assert text_judge.stats.invalid == invalid and text_judge.stats.games == 3
+
+
+# ---------------------------------------------------------------- served engines
+
+
+@pytest.fixture()
+def fake_server():
+    servers = []
+
+    def start(**kwargs):
+        port = free_port()
+        server = make_server(port, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_client_retries_server_errors_and_judges_through_http(fake_server, tokenizer):
+    url = fake_server(fail_first=2)  # two 503s, then answers
+    client = CompletionsClient(url, model="judge", retries=2, backoff_s=0.01)
+    assert client.complete(["x policy-first", "y"], max_new_tokens=4) == ["[[A]]", "[[B]]"]  # sorted by index
+    assert client.choice_logprobs(["x"], ["A", "B", "Z"]) == [[-0.1, -2.5, float("-inf")]]
+    games = [Game(game_id=g.game_id, prompt=g.prompt, opponent=g.opponent,
+                  policy=Response(player="policy", prompt_id=g.prompt.prompt_id, sample_index=0, text="policy-first"))
+             for g in _games(2)]
+    # this server's judge always answers [[A]] when it sees the policy's answer anywhere: a position bias
+    one_order = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), swap_positions=False)
+    assert [v.winner for v in one_order.judge_pairs(games)] == ["policy", "policy"]
+    swapped = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), swap_positions=True)
+    assert [v.winner for v in swapped.judge_pairs(games)] == ["tie", "tie"] and swapped.stats.order_flips == 2
+    logprob_judge = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), logprob_verdicts=True)
+    verdicts = logprob_judge.judge_pairs(_games(2))  # top log-prob "A" in both orders -> tie
+    assert [v.winner for v in verdicts] == ["tie", "tie"] and verdicts[0].detail.startswith("logp A=-0.100 B=-2.500")
+
+
+def test_client_gives_up_after_retries_and_on_bad_requests(fake_server):
+    slow = CompletionsClient(fake_server(delay=1.0), model="judge", timeout_s=0.2, retries=1, backoff_s=0.01)
+    with pytest.raises(ServerError, match="no answer after 2 attempts"):
+        slow.complete(["x"], max_new_tokens=1)
+    bad = CompletionsClient(fake_server(), model="judge", retries=5, backoff_s=10.0)
+    with pytest.raises(ServerError, match="HTTP 400"):  # not retried: the 10 s backoff would time the test out
+        bad._post({"no_prompt": True})
+
+
+def test_served_engine_starts_on_health_and_reports_crashes(tmp_path):
+    script = str(Path(__file__).parent / "fake_openai_server.py")
+    port = free_port()
+    server = ServedEngine([sys.executable, script, str(port)], port=port, startup_timeout_s=30, log_path=tmp_path / "log")
+    server.start()
+    try:
+        assert server.healthy()
+        assert CompletionsClient(server.base_url, model="m").complete(["policy-first"], max_new_tokens=2) == ["[[A]]"]
+    finally:
+        server.stop()
+    assert server.process.poll() is not None and not server.healthy()
+    crashing = ServedEngine([sys.executable, "-c", "raise SystemExit(3)"], port=free_port(), startup_timeout_s=30)
+    with pytest.raises(ServerError, match="exited with code 3"):
+        crashing.start()
+    silent = ServedEngine([sys.executable, "-c", "import time; time.sleep(60)"], port=free_port(), startup_timeout_s=1.5)
+    with pytest.raises(ServerError, match="did not answer"):
+        silent.start()
+    assert silent.process.poll() is not None  # stopped, not left behind
