@@ -60,7 +60,7 @@ def test_what_the_loop_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, 
     prompts.write_text('{"prompt": "hello"}\n')
     code = main(["train", TINY, f"output_dir={tmp_path}", "data.format=jsonl", f"data.train_path={prompts}"])
     assert code == EXIT_NOT_BUILT
-    assert "synthetic task with a programmatic judge" in capsys.readouterr().err
+    assert "the loop runs the synthetic task for now" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():
