@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels._runtime import check_launchable, next_power_of_2
-from megatron_elo.loss.reference import PolicyLossConfig, PolicyLossStats
+from megatron_elo.loss.reference import PolicyLossConfig, PolicyLossStats, default_normalizer
 
 # columns of the per-sequence partial sums
 _LOSS, _PG, _KL, _ENTROPY, _CLIPPED, _RATIO, _TOKENS = range(7)
@@ -116,13 +116,6 @@ class _PrecomputedGradLoss(torch.autograd.Function):
         grad_lp = (grad_logprobs * grad_output).to(lp_dtype)
         grad_ent = (grad_entropy * grad_output).to(ent_dtype) if ent_dtype is not None and grad_entropy.numel() else None
         return None, grad_lp, grad_ent, None, None
-
-
-def default_normalizer(mask: torch.Tensor, loss_agg: str) -> float:
-    """What ``aggregate`` divides by when no global normalizer is given: masked tokens
-    (token_mean) or sequences with at least one (seq_mean)."""
-    mask = mask.bool()
-    return float(mask.sum() if loss_agg == "token_mean" else (mask.sum(dim=-1) > 0).sum())
 
 
 def fused_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, seq_advantages: torch.Tensor,

@@ -93,6 +93,13 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+def default_normalizer(mask: torch.Tensor, mode: LossAgg) -> float:
+    """What ``aggregate`` divides by when no global count is given: masked tokens (token_mean) or
+    sequences with at least one (seq_mean). mask: [B, T]."""
+    mask = mask.bool()
+    return float(mask.sum() if mode == "token_mean" else (mask.sum(dim=-1) > 0).sum())
+
+
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: LossAgg, *, normalizer: float | None = None) -> torch.Tensor:
     """Reduce per-token values [B, T] to a scalar over masked tokens.
 
@@ -101,17 +108,14 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: LossAgg, *, normal
     Pass the global count as ``normalizer`` when a batch is split into micro-batches or DP shards,
     so that the summed micro-batch losses equal the loss of the whole batch.
     """
+    if mode not in ("token_mean", "seq_mean"):
+        raise ValueError(f"loss aggregation must be 'token_mean' or 'seq_mean', got {mode!r}")
+    count = default_normalizer(mask, mode) if normalizer is None else normalizer
     mask = mask.float()
     if mode == "token_mean":
         total = (values * mask).sum()
-        count = mask.sum() if normalizer is None else normalizer
-    elif mode == "seq_mean":
-        tokens_per_seq = mask.sum(dim=-1)
-        per_seq = (values * mask).sum(dim=-1) / tokens_per_seq.clamp(min=1)
-        total = per_seq.sum()
-        count = (tokens_per_seq > 0).sum() if normalizer is None else normalizer
     else:
-        raise ValueError(f"loss aggregation must be 'token_mean' or 'seq_mean', got {mode!r}")
+        total = ((values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).sum()
     return total / max(float(count), 1.0)
 
 
