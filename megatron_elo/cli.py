@@ -192,6 +192,12 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench_reshard(args: argparse.Namespace) -> int:
+    from megatron_elo.rollout.benchmark import run
+
+    return run(args)
+
+
 def cmd_not_built(issue: int, what: str):
     def handler(args: argparse.Namespace) -> int:
         raise NotBuiltYet(f"{what} lands with issue #{issue}")
@@ -233,7 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_kernel_bench_arguments(bench_kernels)
     bench_kernels.set_defaults(handler=cmd_bench_kernels)
-    for target, issue in (("trainer", 5), ("reshard", 6)):
+    bench_reshard = bench_targets.add_parser("reshard", help="Megatron -> vLLM weight sync: time, bytes moved, vs a plain copy",
+                                             formatter_class=raw, description="One full weight sync per trainer -> engine "
+                                             "layout, ours (local slices) beside the gather-everything way "
+                                             "(see megatron_elo/rollout/benchmark.py).")
+    from megatron_elo.rollout.benchmark import add_arguments as add_reshard_bench_arguments
+
+    add_reshard_bench_arguments(bench_reshard)
+    bench_reshard.set_defaults(handler=cmd_bench_reshard)
+    for target, issue in (("trainer", 5),):
         later = bench_targets.add_parser(target, help=f"(issue #{issue})")
         later.add_argument("--config", help="model/batch config")
         later.add_argument("--out", help="also write the table (markdown) to this file")

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,12 +27,17 @@ from megatron_elo.algorithms.base import Algorithm, outcome_matrix
 from megatron_elo.algorithms.methods import build_algorithm
 from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import ModelConfig, RunConfig
+from megatron_elo.data.loader import PromptLoader
 from megatron_elo.elo.pool import EloPool
 from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Response
 from megatron_elo.judges.llm import LLMJudge, build_llm_judge
 from megatron_elo.judges.programmatic import ArithmeticJudge
 from megatron_elo.loss.reference import group_advantages
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
+
+if TYPE_CHECKING:
+    from megatron_elo.data.dali import DaliPromptLoader
+from megatron_elo.data.tokenizer import PromptTokenizer
 from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
 from megatron_elo.tracking import Tracker, make_tracker
 from megatron_elo.trainer.step import PolicyTrainer, TrainBatch
@@ -42,42 +48,6 @@ log = get_logger(__name__)
 
 class NotSupportedYet(RuntimeError):
     """A configuration the loop does not run yet; the message says what to use instead."""
-
-
-# ---------------------------------------------------------------- data
-
-
-class PromptLoader:
-    """Training prompts, reshuffled every epoch from (seed, epoch); the position is resumable."""
-
-    def __init__(self, prompts: list[Prompt], *, seed: int, shuffle: bool):
-        self.prompts, self.seed, self.shuffle = prompts, seed, shuffle
-        self.epoch, self.position = 0, 0
-
-    def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.prompts))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.prompts))
-
-    def next_batch(self, size: int) -> list[Prompt]:
-        """The next ``size`` prompts, crossing into the next epoch when needed."""
-        batch = []
-        while len(batch) < size:
-            if self.position >= len(self.prompts):
-                self.epoch, self.position = self.epoch + 1, 0
-            take = min(size - len(batch), len(self.prompts) - self.position)
-            order = self._order()
-            batch += [self.prompts[i] for i in order[self.position:self.position + take]]
-            self.position += take
-        return batch
-
-    def state_dict(self) -> dict:
-        """Where the loader is (JSON-serialisable)."""
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state_dict``."""
-        self.epoch, self.position = state["epoch"], state["position"]
 
 
 # ---------------------------------------------------------------- players
@@ -94,8 +64,8 @@ class OpponentAnswers:
     """Frozen opponents' answers, generated once per (opponent, prompt, seed) and cached on disk
     (``<output_dir>/opponent_cache/<name>.jsonl``), reused across steps and runs."""
 
-    def __init__(self, cfg: RunConfig, tokenizer: CharTokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    def __init__(self, cfg: RunConfig, tokenizers: dict[str, PromptTokenizer]):
+        self.cfg, self.tokenizers = cfg, tokenizers  # each opponent reads prompts through its own tokenizer
         self.dir = Path(cfg.output_dir) / "opponent_cache"
         self.engines: dict[str, RolloutEngine] = {}
         self.cache: dict[str, dict[str, str]] = {}
@@ -128,18 +98,44 @@ class OpponentAnswers:
         missing = [p for p in prompts if self._key(name, p, greedy) not in cache]
         if missing:
             o = self.by_name[name]
+            tokenizer = self.tokenizers[name]
             settings = SamplingSettings(n=1, max_tokens=o.max_new_tokens, temperature=0.0 if greedy else o.temperature,
-                                        seed=self.cfg.seed, stop_token_ids=(self.tokenizer.eos_id,))
+                                        seed=self.cfg.seed, stop_token_ids=(tokenizer.eos_id,))
             seeds = [stable_seed(self.cfg.seed, name, p.prompt_id) for p in missing]  # independent of batch make-up
-            samples = self._engine(name).generate([self.tokenizer.encode_prompt(p.text) for p in missing], settings, seeds)
+            samples = self._engine(name).generate([tokenizer.encode_prompt(p) for p in missing], settings, seeds)
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.dir / f"{name}.jsonl", "a") as f:
                 for prompt, group in zip(missing, samples, strict=True):
-                    key, text = self._key(name, prompt, greedy), self.tokenizer.decode(group[0].token_ids)
+                    key, text = self._key(name, prompt, greedy), tokenizer.decode(group[0].token_ids)
                     cache[key] = text
                     f.write(json.dumps({"key": key, "text": text}) + "\n")
         return {p.prompt_id: Response(player=name, prompt_id=p.prompt_id, sample_index=0,
                                       text=cache[self._key(name, p, greedy)]) for p in prompts}
+
+
+def player_tokenizer(cfg: RunConfig, model: ModelConfig) -> PromptTokenizer:
+    """A player's prompt tokenizer: the synthetic task's characters, or its own HF tokenizer + chat template."""
+    if cfg.data.format == "synthetic":
+        return CharTokenizer()
+    from megatron_elo.data.tokenizer import ChatTokenizer
+
+    return ChatTokenizer(model.tokenizer or model.path, apply_chat_template=cfg.data.apply_chat_template,
+                         system_prompt=cfg.data.system_prompt)
+
+
+def load_prompt_sets(cfg: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
+    """(training prompts, held-out prompts) from the synthetic task or the configured files."""
+    data = cfg.data
+    if data.format == "synthetic":
+        synthetic = data.synthetic
+        train = make_prompts(synthetic.num_train, seed=synthetic.seed, max_operand=synthetic.max_operand)
+        held_out = make_prompts(min(cfg.eval.num_prompts, synthetic.num_eval), seed=synthetic.seed,
+                                max_operand=synthetic.max_operand, split="eval")
+        return train, held_out
+    from megatron_elo.data.prompts import PromptFields, read_prompts
+
+    fields = PromptFields(prompt=data.prompt_field, id=data.id_field, reference=data.reference_field)
+    return read_prompts(data.train_path, fields=fields), read_prompts(data.eval_path, fields=fields)[: cfg.eval.num_prompts]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -184,29 +180,40 @@ class EloEvolveRun:
         self.cfg = cfg
         self.stop_after = stop_after  # tests: stop (as if killed) after this many steps of this process
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
-        self.tokenizer = CharTokenizer()
-        if cfg.data.format != "synthetic":
-            raise NotSupportedYet("the loop runs the synthetic task for now; jsonl/parquet prompts land with issue #4 "
-                                  "(use configs/tiny_cpu.yaml)")
         if cfg.judge.kind == "llm" and cfg.algorithm.name == "point":
             raise NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet; use a pairwise "
                                   "algorithm or judge.kind=programmatic")
         layout = (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp)
         if layout != (1, 1, 1):
             raise NotSupportedYet(f"the loop runs single-process for now (parallel tp,pp,dp = {layout}); the parallel "
-                                  "trainer and engines are tested separately (issues #5, #6)")
-        synthetic = cfg.data.synthetic
-        self.train_prompts = make_prompts(synthetic.num_train, seed=synthetic.seed, max_operand=synthetic.max_operand)
-        self.eval_prompts = make_prompts(min(cfg.eval.num_prompts, synthetic.num_eval), seed=synthetic.seed,
-                                         max_operand=synthetic.max_operand, split="eval")
-        self.loader = PromptLoader(self.train_prompts, seed=cfg.seed, shuffle=cfg.data.shuffle)
+                                  "trainer and colocated engines are tested separately (tests/test_trainer.py, "
+                                  "tests/test_reshard.py)")
+        self.tokenizer = player_tokenizer(cfg, cfg.model)
+        self.train_prompts, self.eval_prompts = load_prompt_sets(cfg)
+        self._prompt_id_cache: dict[str, list[int]] = {}
+        self.loader = self._make_loader()
         self.pool = EloPool.from_config(cfg.opponents, cfg.algorithm.elo)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, self.pool, total_steps=cfg.trainer.steps)
         # the LLM judge's engine starts in run(); held-out evaluation always uses the task's exact checker
         self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions) \
             if cfg.judge.kind == "programmatic" else None
-        self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False)
+        # held-out games: the task's exact checker when answers are checkable, else the LLM judge (set in run())
+        self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False) if cfg.judge.kind == "programmatic" else None
         self.state = RunState()
+
+    def _make_loader(self) -> PromptLoader | DaliPromptLoader:
+        data = self.cfg.data
+        if data.loader == "default":
+            return PromptLoader(self.train_prompts, seed=self.cfg.seed, shuffle=data.shuffle)
+        from megatron_elo.data.dali import DaliPromptLoader, write_token_shards
+
+        shards = Path(data.token_shards or Path(self.cfg.output_dir) / "prompt_tokens")
+        if not (shards / "offsets.npy").is_file():
+            log.info("pre-tokenizing %d prompts into %s", len(self.train_prompts), shards)
+            write_token_shards([self.tokenizer.encode_prompt(p) for p in self.train_prompts], shards)
+        device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
+        return DaliPromptLoader(self.train_prompts, shards, batch_size=self.cfg.rollout.prompts_per_step, seed=self.cfg.seed,
+                                shuffle=data.shuffle, pad_id=self.tokenizer.pad_id, device_id=device_id)
 
     # ------------------------------------------------------------ set-up
 
@@ -234,6 +241,21 @@ class EloEvolveRun:
             train_snapshots(prepare.arch, all_snapshots, seed=prepare.seed, batch_size=prepare.batch_size, lr=prepare.lr,
                             max_operand=self.cfg.data.synthetic.max_operand)
 
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The policy's token ids of a prompt (the DALI loader's pre-tokenized ids when it read them)."""
+        if prompt.prompt_id not in self._prompt_id_cache:
+            self._prompt_id_cache[prompt.prompt_id] = self.tokenizer.encode_prompt(prompt)
+        return self._prompt_id_cache[prompt.prompt_id]
+
+    def _next_prompts(self) -> list[Prompt]:
+        prompts = self.loader.next_batch(self.cfg.rollout.prompts_per_step)
+        for prompt, ids in zip(prompts, getattr(self.loader, "last_ids", []), strict=False):
+            self._prompt_id_cache[prompt.prompt_id] = ids
+        return prompts
+
+    def _opponent_tokenizers(self) -> dict[str, PromptTokenizer]:
+        return {o.name: player_tokenizer(self.cfg, o.model) for o in self.cfg.opponents}
+
     def _build_trainer(self, model: ModelConfig) -> PolicyTrainer:
         from megatron_elo.parallel.layout import ParallelLayout
         from megatron_elo.trainer.build import build_policy_trainer
@@ -249,7 +271,7 @@ class EloEvolveRun:
         settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, seed=self.cfg.seed * 1_000_003 + step * 10_007,
                                     stop_token_ids=(self.tokenizer.eos_id,))
-        groups = self.policy_engine.generate([self.tokenizer.encode_prompt(p.text) for p in prompts], settings)
+        groups = self.policy_engine.generate([self._prompt_ids(p) for p in prompts], settings)
         return [[Response(player=POLICY, prompt_id=p.prompt_id, sample_index=j, text=self.tokenizer.decode(s.token_ids),
                           token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
                  for j, s in enumerate(group)] for p, group in zip(prompts, groups, strict=True)]
@@ -258,7 +280,7 @@ class EloEvolveRun:
         """Prompt + response token rows (right-padded), the response mask and trainer-recomputed old log-probs."""
         rows, masks = [], []
         for prompt, group in zip(prompts, samples, strict=True):
-            prompt_ids = self.tokenizer.encode_prompt(prompt.text)
+            prompt_ids = self._prompt_ids(prompt)
             for sample in group:
                 rows.append(prompt_ids + list(sample.token_ids))
                 masks.append([False] * len(prompt_ids) + [True] * len(sample.token_ids))
@@ -276,7 +298,7 @@ class EloEvolveRun:
 
         cfg, timings = self.cfg, {}
         clock = time.perf_counter()
-        prompts = self.loader.next_batch(cfg.rollout.prompts_per_step)
+        prompts = self._next_prompts()
         samples = self._rollouts(prompts, step)
         timings["generate"] = time.perf_counter() - clock
 
@@ -357,7 +379,7 @@ class EloEvolveRun:
         names = self.cfg.eval.opponents or [o.name for o in self.cfg.opponents]
         settings = SamplingSettings(n=1, max_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
                                     stop_token_ids=(self.tokenizer.eos_id,))
-        groups = self.policy_engine.generate([self.tokenizer.encode_prompt(p.text) for p in self.eval_prompts], settings)
+        groups = self.policy_engine.generate([self._prompt_ids(p) for p in self.eval_prompts], settings)
         policy = [Response(player=POLICY, prompt_id=p.prompt_id, sample_index=0, text=self.tokenizer.decode(g[0].token_ids))
                   for p, g in zip(self.eval_prompts, groups, strict=True)]
         total_wins, total_games, per_opponent = 0.0, 0, {}
@@ -371,7 +393,8 @@ class EloEvolveRun:
             per_opponent[name] = wins / len(games)
             total_wins, total_games = total_wins + wins, total_games + len(games)
         rate, half = win_rate_interval(total_wins, total_games)
-        exact = float(np.mean([r.text == p.reference for p, r in zip(self.eval_prompts, policy, strict=True)]))
+        checkable = [(p, r) for p, r in zip(self.eval_prompts, policy, strict=True) if p.reference is not None]
+        exact = float(np.mean([r.text.strip() == p.reference for p, r in checkable])) if checkable else float("nan")
         return EvalResult(step=step, win_rate=rate, ci95=half, per_opponent=per_opponent, exact=exact)
 
     def _log_eval(self, result: EvalResult, tracker: Tracker) -> None:
@@ -475,7 +498,7 @@ class EloEvolveRun:
             megatron_dir_to_hf(path, Path(model_dir) / "hf")
             model_dir, step = str(Path(model_dir) / "hf"), int(json.loads((path / "meta.json").read_text())["step"])
         self.policy_engine = RolloutEngine(model_dir, self.cfg.rollout.engine, seed=self.cfg.seed, dtype=self.cfg.model.dtype)
-        self.opponents = OpponentAnswers(self.cfg, self.tokenizer)
+        self.opponents = OpponentAnswers(self.cfg, self._opponent_tokenizers())
         return self.evaluate(step)
 
     # ------------------------------------------------------------ the whole run
@@ -489,6 +512,7 @@ class EloEvolveRun:
         (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
         if self.judge is None:
             self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed)
+            self.eval_judge = self.judge
         self.trainer = self._build_trainer(self.cfg.model)
         self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
         resumed = self._resume()
@@ -509,7 +533,7 @@ class EloEvolveRun:
         self.policy_engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype)
         if resumed:
             self._sync_policy_engine()
-        self.opponents = OpponentAnswers(cfg, self.tokenizer)
+        self.opponents = OpponentAnswers(cfg, self._opponent_tokenizers())
         if not self.state.evals:
             self._log_eval(self.evaluate(self.state.step), tracker)
         start, steps_here = self.state.step, 0

@@ -287,9 +287,14 @@ def test_data_files_are_checked(tmp_path):
         tiny("data.format=jsonl", f"data.train_path={tmp_path}/missing.jsonl")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
-    with pytest.raises(ConfigError, match=r"does not match data.format=parquet"):
-        tiny("data.format=parquet", f"data.train_path={prompts}")
-    assert tiny("data.format=jsonl", f"data.train_path={prompts}").data.train_path == str(prompts)
+    with pytest.raises(ConfigError, match=r"prompts.txt' should end in .jsonl or .parquet"):
+        tiny("data.format=jsonl", f"data.train_path={tmp_path}/prompts.txt")
+    with pytest.raises(ConfigError, match=r"data.eval_path: data.format=jsonl needs held-out prompts"):
+        tiny("data.format=jsonl", f"data.train_path={prompts}")
+    with pytest.raises(ConfigError, match=r"data.reference_field: judge.kind=programmatic checks answers"):
+        tiny("data.format=jsonl", f"data.train_path={prompts}", f"data.eval_path={prompts}")
+    ok = tiny("data.format=parquet", f"data.train_path={prompts}", f"data.eval_path={prompts}", "data.reference_field=answer")
+    assert ok.data.train_path == str(prompts)
 
 
 def _write_hf_config(directory: Path, **changes) -> Path:

@@ -8,7 +8,7 @@ import torch
 
 from megatron_elo.config.schema import ArchConfig, EngineConfig, TrainerConfig
 from megatron_elo.models.tiny import make_tiny_hf_model
-from tests.distributed import run_distributed
+from megatron_elo.parallel.spawn import run_distributed
 
 pytest.importorskip("vllm")
 pytest.importorskip("megatron.core")
@@ -96,3 +96,21 @@ def test_a_training_step_reaches_the_engine(report):
 
 def test_first_step_is_exactly_on_policy(report):
     assert report["first_step"] == (0.0, 0.0, 1.0)
+
+
+@pytest.mark.gpu
+def test_sleep_releases_gpu_memory_and_wake_up_restores_the_engine(tmp_path):
+    """GPU only (vLLM sleep mode): level-1 sleep offloads weights and drops the KV cache so the
+    trainer gets the memory; after wake_up greedy generation is unchanged."""
+    from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
+
+    model_dir = str(make_tiny_hf_model(ARCH, tmp_path / "hf", seed=2))
+    engine = RolloutEngine(model_dir, EngineConfig(gpu_memory_utilization=0.3, max_model_len=64), seed=0, dtype="bf16")
+    greedy = SamplingSettings(n=1, max_tokens=8, temperature=0.0)
+    before = engine.generate([[1, 2, 3]], greedy)
+    free_awake = torch.cuda.mem_get_info()[0]
+    engine.sleep()
+    free_asleep = torch.cuda.mem_get_info()[0]
+    assert free_asleep - free_awake > 0.1 * torch.cuda.get_device_properties(0).total_memory  # the KV cache went
+    engine.wake_up()
+    assert engine.generate([[1, 2, 3]], greedy) == before

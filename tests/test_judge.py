@@ -13,8 +13,8 @@ import pytest
 
 from megatron_elo.flow import Game, Prompt, Response
 from megatron_elo.judges.llm import LLMJudge, load_template, parse_verdict
+from megatron_elo.parallel.spawn import free_port
 from megatron_elo.rollout.served import CompletionsClient, ServedEngine, ServerError
-from tests.distributed import free_port
 from tests.fake_openai_server import make_server
 
 pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ from megatron_elo.loss.reference import (
     linear_logprobs_and_entropy,
     policy_loss,
 )
-from tests.distributed import run_distributed
+from megatron_elo.parallel.spawn import run_distributed
 
 pytest.importorskip("triton")
 from kernels import fused_linear_logprobs_entropy, fused_policy_loss, token_advantages  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 
 from megatron_elo.config.loader import config_from_dict, config_to_dict, read_yaml
 from megatron_elo.config.validate import validate
-from tests.distributed import run_distributed
+from megatron_elo.parallel.spawn import run_distributed
 
 pytest.importorskip("vllm")
 pytest.importorskip("mlflow")
@@ -142,8 +142,8 @@ def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
     from megatron_elo.loop import EloEvolveRun, NotSupportedYet
 
     cfg = small_config(tmp_path, players)
-    cfg.data.format = "jsonl"
-    with pytest.raises(NotSupportedYet, match="synthetic task"):
+    cfg.parallel.tp = 2
+    with pytest.raises(NotSupportedYet, match="single-process for now"):
         EloEvolveRun(cfg)
     cfg = small_config(tmp_path, players)
     cfg.judge.kind, cfg.algorithm.name = "llm", "point"
@@ -235,3 +235,60 @@ def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
     assert (tmp_path / "out" / "compare.md").read_text().strip() in out
     assert steps_to_target([{"step": 0, "win_rate": 0.3}, {"step": 5, "win_rate": 0.5}], 0.4) == 5
     assert steps_to_target([{"step": 0, "win_rate": 0.3}], 0.4) is None
+
+
+def file_prompts_run(rank, world_size, cfg):
+    from megatron_elo.data.loader import PromptLoader
+    from megatron_elo.loop import EloEvolveRun
+
+    run = EloEvolveRun(cfg)
+    default_order = PromptLoader(run.train_prompts, seed=cfg.seed, shuffle=True)
+    expected = [[p.prompt_id for p in default_order.next_batch(cfg.rollout.prompts_per_step)] for _ in range(cfg.trainer.steps)]
+    asked = []
+    original = run._next_prompts
+    run._next_prompts = lambda: asked.append(original()) or asked[-1]
+    summary = run.run()
+    policy_ids = run._prompt_ids(run.train_prompts[0])
+    return summary, [[p.prompt_id for p in batch] for batch in asked], expected, policy_ids, run.tokenizer.encode_prompt(
+        run.train_prompts[0])
+
+
+def test_the_loop_trains_on_prompt_files_with_chat_templates_through_dali(tmp_path):
+    """data.format=jsonl (train) / parquet (held out), free-text chat prompts with a system prompt,
+    players with their own byte-level tokenizers and chat templates, the DALI loader (pre-tokenized
+    shards written on first use): the run trains, asks the default loader's batches, and the ids it
+    feeds the policy are the chat-templated ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from megatron_elo.config.schema import ArchConfig
+    from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
+
+    arch = ArchConfig(family="qwen2", num_layers=1, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
+                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=512, tie_word_embeddings=True)
+    for name, seed in (("policy", 1), ("rival", 2)):
+        make_tiny_hf_model(arch, tmp_path / name, seed=seed)
+        make_tiny_tokenizer(tmp_path / name)
+    rows = [{"id": f"q{i}", "question": f"{i}+{i}=", "answer": str(2 * i)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(f'{{"id": "{r["id"]}", "question": "{r["question"]}", "answer": "{r["answer"]}"}}\n'
+                                                  for r in rows[:8]))
+    pq.write_table(pa.Table.from_pylist(rows[8:]), tmp_path / "eval.parquet")
+    raw = read_yaml(TINY)
+    engine = {**raw["rollout"]["engine"], "max_model_len": 256}
+    raw.update(output_dir=str(tmp_path / "runs"), prepare=None, tracking={"backend": "none"})
+    raw["model"] = {"path": str(tmp_path / "policy"), "dtype": "fp32"}
+    raw["opponents"] = [{"name": "rival", "model": {"path": str(tmp_path / "rival"), "dtype": "fp32"}, "engine": engine,
+                         "max_new_tokens": 4}]
+    raw["algorithm"] = {"name": "static_pairwise", "static_opponent": "rival"}
+    raw["rollout"].update(prompts_per_step=4, n_per_prompt=2, max_new_tokens=4, max_prompt_tokens=128, engine=engine)
+    raw["trainer"].update(steps=3, global_batch_size=8, micro_batch_size=8)
+    raw["eval"] = {"every_steps": 0, "num_prompts": 4}
+    raw["checkpoint"] = {"every_steps": 0, "export_hf": False}
+    raw["data"] = {"format": "jsonl", "train_path": str(tmp_path / "train.jsonl"), "eval_path": str(tmp_path / "eval.parquet"),
+                   "prompt_field": "question", "reference_field": "answer", "system_prompt": "Add.", "loader": "dali"}
+    cfg = validate(config_from_dict(raw))
+    summary, asked, expected, policy_ids, templated = run_distributed(file_prompts_run, 1, cfg, timeout=900)[0]
+    assert summary["finished"] and summary["step"] == 3
+    assert asked == expected  # the DALI loader's batches are the default loader's, epoch crossing included
+    assert policy_ids == templated  # the pre-tokenized ids are the chat-templated ones
+    assert (tmp_path / "runs" / "prompt_tokens" / "offsets.npy").is_file()

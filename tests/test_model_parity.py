@@ -21,7 +21,7 @@ from megatron_elo.models.hf_mapping import (
     unshard_tp,
 )
 from megatron_elo.models.tiny import make_tiny_hf_model
-from tests.distributed import run_distributed
+from megatron_elo.parallel.spawn import run_distributed
 
 ARCHES = {
     "qwen2_gqa_untied": ArchConfig(family="qwen2", num_layers=2, hidden_size=128, ffn_hidden_size=96, num_attention_heads=4,

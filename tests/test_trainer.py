@@ -9,8 +9,8 @@ import torch
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
 from megatron_elo.models.hf_mapping import merge_stages, unshard_tp
 from megatron_elo.models.tiny import make_tiny_hf_model
+from megatron_elo.parallel.spawn import run_distributed
 from megatron_elo.trainer.step import TrainBatch, lr_factor
-from tests.distributed import run_distributed
 
 pytest.importorskip("megatron.core")
 

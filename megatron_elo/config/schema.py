@@ -220,13 +220,19 @@ class SyntheticDataConfig:
 class DataConfig:
     """Prompts."""
 
-    format: Literal["jsonl", "parquet", "synthetic"] = opt("jsonl", "Prompt source.")
+    format: Literal["jsonl", "parquet", "synthetic"] = opt("jsonl", "Prompt source: jsonl / parquet files (each read by its "
+                                                             "suffix, so they may be mixed) or the synthetic task.")
     train_path: str | None = opt(None, "Training prompts file (jsonl or parquet).")
     eval_path: str | None = opt(None, "Held-out prompts file.")
     prompt_field: str = opt("prompt", "Field holding the prompt text (or chat messages).")
-    apply_chat_template: bool = opt(True, "Wrap prompts with the policy tokenizer's chat template.")
+    id_field: str | None = opt("id", "Field holding a unique prompt id; rows without it get a hash of the prompt.")
+    reference_field: str | None = opt(None, "Field holding a checkable answer (needed by programmatic judges).")
+    system_prompt: str | None = opt(None, "System message put before text prompts (chat template on).")
+    apply_chat_template: bool = opt(True, "Wrap prompts with each player's own tokenizer's chat template.")
     shuffle: bool = opt(True, "Shuffle every epoch (seeded).")
     loader: Literal["default", "dali"] = opt("default", "default: in-process; dali: NVIDIA DALI pipeline over pre-tokenized shards.")
+    token_shards: str | None = opt(None, "loader=dali: directory of pre-tokenized prompt shards; written there from "
+                                   "train_path with the policy tokenizer when missing. Default: <output_dir>/prompt_tokens.")
     synthetic: SyntheticDataConfig = opt(factory=SyntheticDataConfig, help="format=synthetic settings.")
 
 

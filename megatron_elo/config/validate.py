@@ -8,6 +8,7 @@ checkpoint's config.json when the path exists.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +338,12 @@ def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
         return
     if not check.need(data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
         return
+    check.need(data.eval_path is not None, f"data.eval_path: data.format={data.format} needs held-out prompts for evaluation")
+    check.need(cfg.judge.kind != "programmatic" or data.reference_field is not None,
+               "data.reference_field: judge.kind=programmatic checks answers against a reference; name the field that holds it")
+    if data.loader == "dali":
+        check.need(importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None,
+                   "data.loader=dali: NVIDIA DALI is not installed (pip install nvidia-dali-cuda130, or the [dali] extra)")
     paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path}
     for name, path in paths.items():
         if path is None:
@@ -344,6 +351,4 @@ def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
         if check_paths:
             check.need(Path(path).is_file(), f"{name}: file {path!r} does not exist")
         if name.startswith("data.") and not path.endswith((".jsonl", ".parquet", ".json")):
-            check.problems.append(f"{name}: {path!r} should end in .jsonl or .parquet")
-        elif name.startswith("data.") and not path.endswith(f".{data.format}") and not (data.format == "jsonl" and path.endswith(".json")):
-            check.problems.append(f"{name}: {path!r} does not match data.format={data.format}")
+            check.problems.append(f"{name}: {path!r} should end in .jsonl or .parquet (each file is read by its suffix)")

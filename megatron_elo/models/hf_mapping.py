@@ -172,7 +172,8 @@ def megatron_to_hf(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> dict[
 # ---------------------------------------------------------------- TP sharding
 
 
-def _tp_rule(megatron_name: str) -> str:
+def tp_rule(megatron_name: str) -> str:
+    """How Megatron weight ``megatron_name`` is split over TP: replicated, vocab, qkv, column, row or gate_up."""
     generic = _LAYER_INDEX.sub(LAYER, megatron_name)
     for rule in RULES:
         if rule.megatron == generic:
@@ -182,12 +183,12 @@ def _tp_rule(megatron_name: str) -> str:
 
 def is_tp_sharded(name: str) -> bool:
     """True when Megatron weight ``name`` is split over TP ranks (False: replicated on each)."""
-    return _tp_rule(name) != REPLICATED
+    return tp_rule(name) != REPLICATED
 
 
 def shard_tp(name: str, full: torch.Tensor, *, tp_rank: int, tp: int) -> torch.Tensor:
     """The slice of Megatron weight ``name`` that TP rank ``tp_rank`` of ``tp`` holds."""
-    rule = _tp_rule(name)
+    rule = tp_rule(name)
     if rule == REPLICATED or tp == 1:
         return full.clone()
     if rule in (VOCAB, QKV, COLUMN):  # contiguous row blocks (QKV: whole query groups)
@@ -202,7 +203,7 @@ def shard_tp(name: str, full: torch.Tensor, *, tp_rank: int, tp: int) -> torch.T
 
 def full_shape(name: str, local_shape: tuple[int, ...], tp: int) -> tuple[int, ...]:
     """Shape of the merged weight whose TP shard has ``local_shape`` (inverse of ``shard_tp``'s split)."""
-    rule = _tp_rule(name)
+    rule = tp_rule(name)
     if rule == REPLICATED or tp == 1:
         return tuple(local_shape)
     dim = 1 if rule == ROW else 0  # vocab / qkv / column / gate_up split rows, row-parallel splits columns
@@ -211,7 +212,7 @@ def full_shape(name: str, local_shape: tuple[int, ...], tp: int) -> tuple[int, .
 
 def unshard_tp(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
     """Inverse of ``shard_tp``: the full weight from every TP rank's slice (in rank order)."""
-    rule = _tp_rule(name)
+    rule = tp_rule(name)
     if rule == REPLICATED or len(shards) == 1:
         return shards[0].clone()
     if rule in (VOCAB, QKV, COLUMN):

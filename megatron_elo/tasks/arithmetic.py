@@ -39,9 +39,9 @@ class CharTokenizer:
             bad = next(ch for ch in text if ch not in CHARS)
             raise ValueError(f"character {bad!r} is not in the task alphabet {CHARS!r}") from None
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """[BOS] + characters: what the policy is asked to continue."""
-        return [self.bos_id, *self.encode(text)]
+    def encode_prompt(self, prompt: Prompt | str) -> list[int]:
+        """[BOS] + the prompt's characters: what the policy is asked to continue (no chat template)."""
+        return [self.bos_id, *self.encode(prompt if isinstance(prompt, str) else prompt.text)]
 
     def decode(self, ids) -> str:
         """Ids -> text, stopping at EOS; ids outside the alphabet become '?'."""

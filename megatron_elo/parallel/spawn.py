@@ -1,4 +1,7 @@
-"""Run a function on N CPU processes over gloo (torch.multiprocessing spawn) and collect results."""
+"""Run a function on N CPU processes over gloo (torch.multiprocessing spawn) and collect results.
+
+Used by the multi-process tests and by ``bench reshard`` (no torchrun needed on one machine).
+"""
 
 from __future__ import annotations
 

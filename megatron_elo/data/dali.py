@@ -1,0 +1,109 @@
+"""NVIDIA DALI as a prompt-loader backend over pre-tokenized prompt shards (``data.loader: dali``).
+
+    write_token_shards(token_rows, "prompts_tok/")                  # once: ids of every prompt, on disk
+    loader = DaliPromptLoader(prompts, "prompts_tok/", batch_size=64, seed=0, shuffle=True, pad_id=0)
+    batch = loader.next_batch(64)        # the same Prompt rows as PromptLoader(prompts, seed=0, ...)
+    loader.last_tokens                   # [64, L] int64, right-padded ids of that batch (GPU when present)
+
+Shards: ``tokens.npy`` (every prompt's ids concatenated, int32) and ``offsets.npy`` ([N + 1] int64).
+The pipeline's external source asks for batch i and returns the rows at absolute positions
+``start + i * batch_size ...`` (``loader.rows_at``: the default loader's order), DALI pads them to the
+batch's longest row and, with a GPU, moves them to the device while the previous step runs
+(prefetch queue). CPU-only (``device_id=None``) here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_elo.data.loader import rows_at
+from megatron_elo.flow import Prompt
+
+
+def write_token_shards(token_rows: Sequence[Sequence[int]], out_dir: str | Path) -> Path:
+    """Store pre-tokenized prompts as ``tokens.npy`` + ``offsets.npy`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([len(r) for r in token_rows], dtype=np.int64)
+    if (lengths == 0).any():
+        raise ValueError(f"prompt row {int(np.argmax(lengths == 0))} has no tokens")
+    np.save(out / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+    np.save(out / "tokens.npy", np.concatenate([np.asarray(r, dtype=np.int32) for r in token_rows]))
+    return out
+
+
+class DaliPromptLoader:
+    """``PromptLoader``'s interface and order, batches read and padded by a DALI pipeline."""
+
+    def __init__(self, prompts: list[Prompt], shard_dir: str | Path, *, batch_size: int, seed: int, shuffle: bool,
+                 pad_id: int, device_id: int | None = None, num_threads: int = 1):
+        shard_dir = Path(shard_dir)
+        self.offsets = np.load(shard_dir / "offsets.npy")
+        self.tokens = np.load(shard_dir / "tokens.npy", mmap_mode="r")
+        if len(self.offsets) != len(prompts) + 1:
+            raise ValueError(f"{shard_dir}: shards hold {len(self.offsets) - 1} prompts, the prompt file {len(prompts)}; "
+                             "re-run write_token_shards for this file")
+        self.prompts, self.batch_size, self.seed, self.shuffle = prompts, batch_size, seed, shuffle
+        self.pad_id, self.device_id, self.num_threads = pad_id, device_id, num_threads
+        self.absolute = 0
+        self.last_tokens: torch.Tensor | None = None
+        self.last_rows: list[int] = []
+        self._pipeline = None
+
+    def _batch_source(self, start: int):
+        def source(info):  # batch ``info.iteration`` of this pipeline: pure in the iteration (prefetch-safe)
+            rows = rows_at(start + info.iteration * self.batch_size, self.batch_size, num_rows=len(self.prompts),
+                           seed=self.seed, shuffle=self.shuffle)
+            ids = [np.asarray(self.tokens[self.offsets[r]:self.offsets[r + 1]], dtype=np.int32) for r in rows]
+            return ids, [np.array([r], dtype=np.int64) for r in rows]
+
+        return source
+
+    def _build(self) -> None:
+        from nvidia.dali import fn, pipeline_def
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=2, exec_dynamic=True)
+        def prompt_pipeline():
+            ids, rows = fn.external_source(source=self._batch_source(self.absolute), batch=True, batch_info=True,
+                                           num_outputs=2, dtype=None)
+            padded = fn.pad(ids, fill_value=self.pad_id, axes=(0,))  # to the batch's longest prompt
+            if self.device_id is not None:
+                padded = padded.gpu()
+            return padded, rows
+
+        self._pipeline = prompt_pipeline()
+        self._pipeline.build()
+
+    def next_batch(self, size: int) -> list[Prompt]:
+        """The next ``size`` (= batch_size) prompts; their padded ids are in ``last_tokens``."""
+        if size != self.batch_size:
+            raise ValueError(f"the DALI pipeline was built for batches of {self.batch_size}, asked for {size}")
+        if self._pipeline is None:
+            self._build()
+        padded, rows = self._pipeline.run()
+        padded = padded.as_cpu() if self.device_id is not None else padded
+        self.last_tokens = torch.from_numpy(np.stack([np.asarray(t) for t in padded]).astype(np.int64))
+        self.last_rows = [int(np.asarray(r)[0]) for r in rows]
+        self.absolute += size
+        return [self.prompts[r] for r in self.last_rows]
+
+    @property
+    def last_ids(self) -> list[list[int]]:
+        """The last batch's prompt ids without padding (one list per prompt)."""
+        lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in self.last_rows]
+        return [row[:n].tolist() for row, n in zip(self.last_tokens, lengths, strict=True)]
+
+    def state_dict(self) -> dict:
+        """Where the loader is (JSON-serialisable; the same form as ``PromptLoader``'s)."""
+        n = len(self.prompts)
+        return {"epoch": self.absolute // n, "position": self.absolute % n, "absolute": self.absolute}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict``: the pipeline is rebuilt to start there."""
+        self.absolute = state.get("absolute", state["epoch"] * len(self.prompts) + state["position"])
+        self._pipeline = None
