@@ -28,20 +28,20 @@ from megatron_elo.algorithms.methods import build_algorithm
 from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import ModelConfig, RunConfig
 from megatron_elo.data.loader import PromptLoader
+from megatron_elo.data.tokenizer import PromptTokenizer
 from megatron_elo.elo.pool import EloPool
 from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Response
 from megatron_elo.judges.llm import LLMJudge, build_llm_judge
 from megatron_elo.judges.programmatic import ArithmeticJudge
 from megatron_elo.loss.reference import group_advantages
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
-
-if TYPE_CHECKING:
-    from megatron_elo.data.dali import DaliPromptLoader
-from megatron_elo.data.tokenizer import PromptTokenizer
 from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
 from megatron_elo.tracking import Tracker, make_tracker
 from megatron_elo.trainer.step import PolicyTrainer, TrainBatch
 from megatron_elo.utils.logging import get_logger, progress_bar
+
+if TYPE_CHECKING:
+    from megatron_elo.data.dali import DaliPromptLoader
 
 log = get_logger(__name__)
 
@@ -370,7 +370,8 @@ class EloEvolveRun:
     def _sync_policy_engine(self) -> None:
         from megatron_elo.rollout.weight_sync import hf_weight_stream
 
-        self.policy_engine.load_weights(hf_weight_stream(self.trainer.model, self.trainer.groups, self.trainer.arch))
+        self.policy_engine.load_weights(hf_weight_stream(self.trainer.model, self.trainer.groups, self.trainer.arch,
+                                                         engine=self.policy_engine.shard()))
 
     # ------------------------------------------------------------ evaluation
 

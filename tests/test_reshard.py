@@ -141,3 +141,15 @@ def test_ranks_generate_the_same_samples_in_an_engine_tp_group(case):
     name, reports = case
     if name != "trainer_tp2_engine_dp2":  # DP replicas sample their own prompts independently
         assert reports[0]["samples"] == reports[1]["samples"]
+
+
+def test_bench_reshard_prints_both_methods_and_the_bytes_they_move(capsys):
+    """``bench reshard --engine none`` (the Megatron side, as on the GPU machine): ours moves no
+    bytes where engine TP = trainer TP, the gather-everything peer moves the other rank's shards."""
+    from megatron_elo.cli import main
+
+    assert main(["bench", "reshard", "--engine", "none", "--layouts", "tp2->tp2", "--hidden", "128", "--ffn", "256",
+                 "--layers", "2", "--heads", "2", "--kv-heads", "2", "--vocab", "256", "--repeats", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| tp2->tp2")]
+    received = {row[2].strip(): float(row[6]) for row in rows}
+    assert received["ours: local slices"] == 0.0 and received["peers: gather all"] > 0.0
