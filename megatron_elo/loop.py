@@ -198,7 +198,8 @@ class EloEvolveRun:
         self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions) \
             if cfg.judge.kind == "programmatic" else None
         # held-out games: the task's exact checker when answers are checkable, else the LLM judge (set in run())
-        self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False) if cfg.judge.kind == "programmatic" else None
+        checkable = cfg.data.format == "synthetic" or cfg.judge.kind == "programmatic"
+        self.eval_judge = ArithmeticJudge(noise=0.0, swap_positions=False) if checkable else None
         self.state = RunState()
 
     def _make_loader(self) -> PromptLoader | DaliPromptLoader:
@@ -513,7 +514,7 @@ class EloEvolveRun:
         (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
         if self.judge is None:
             self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed)
-            self.eval_judge = self.judge
+            self.eval_judge = self.eval_judge or self.judge
         self.trainer = self._build_trainer(self.cfg.model)
         self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
         resumed = self._resume()

@@ -55,12 +55,16 @@ def test_no_check_paths_is_only_for_dry_runs(capsys):
 
 
 def test_what_the_loop_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, monkeypatch):
+    from megatron_elo import loop
+
+    def not_yet(self, cfg, **kwargs):
+        raise loop.NotSupportedYet("the loop runs single-process for now")
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "hello"}\n')
-    code = main(["train", TINY, f"output_dir={tmp_path}", "data.format=jsonl", f"data.train_path={prompts}"])
+    monkeypatch.setattr(loop.EloEvolveRun, "__init__", not_yet)
+    code = main(["train", TINY, f"output_dir={tmp_path}"])
     assert code == EXIT_NOT_BUILT
-    assert "the loop runs the synthetic task for now" in capsys.readouterr().err
+    assert "the loop runs single-process for now" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():

@@ -201,10 +201,10 @@ def opponent_answers_alone_and_together(rank, world_size, cfg):
     from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
 
     prompts = make_prompts(6, seed=1, max_operand=20)
-    together = OpponentAnswers(cfg, CharTokenizer()).answers("medium", prompts)
-    shutil.rmtree(OpponentAnswers(cfg, CharTokenizer()).dir)  # no cache: regenerate one at a time
+    together = OpponentAnswers(cfg, {"medium": CharTokenizer()}).answers("medium", prompts)
+    shutil.rmtree(OpponentAnswers(cfg, {"medium": CharTokenizer()}).dir)  # no cache: regenerate one at a time
     alone = {}
-    fresh = OpponentAnswers(cfg, CharTokenizer())
+    fresh = OpponentAnswers(cfg, {"medium": CharTokenizer()})
     for p in prompts[::-1]:
         alone.update(fresh.answers("medium", [p]))
     return all(alone[k].text == together[k].text for k in together)
