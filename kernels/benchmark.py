@@ -244,11 +244,11 @@ def format_table(rows: list[Row], header: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Measure every kernel at the requested shapes and print (and optionally write) the table."""
     import datetime
-    import platform
 
     import torch
 
     from kernels._runtime import enable_interpreter_without_cuda
+    from megatron_elo.utils.report import device_label, emit_table
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     hidden, vocab = args.hidden or (3584 if cuda else 256), args.vocab or (152064 if cuda else 4096)
     seqs, seq_len = args.seqs or (256 if cuda else 8), args.seq_len or (4096 if cuda else 256)
     peers = set(args.peers) if cuda else set(args.peers) & {"torch"}
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
+    name = device_label(device, "Triton interpreter")
     import triton
 
     header = (f"{datetime.date.today()} · {name} · torch {torch.__version__} · triton {triton.__version__} · "
@@ -276,11 +276,7 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(task)
         _per_token_rows(rows, seqs, seq_len, device, peers, args.peak_tbps)
         progress.advance(task)
-    table = format_table(rows, header)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(table + "\n")
+    emit_table(format_table(rows, header), args.out)
     return 0
 
 

@@ -194,7 +194,7 @@ class EloEvolveRun:
         self.loader = self._make_loader()
         self.pool = EloPool.from_config(cfg.opponents, cfg.algorithm.elo)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, self.pool, total_steps=cfg.trainer.steps)
-        # the LLM judge's engine starts in run(); held-out evaluation always uses the task's exact checker
+        # the LLM judge's engine starts in run()
         self.judge = ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions) \
             if cfg.judge.kind == "programmatic" else None
         # held-out games: the task's exact checker when answers are checkable, else the LLM judge (set in run())

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_elo.data.loader import rows_at
+from megatron_elo.data.loader import PromptLoader, rows_at
 from megatron_elo.flow import Prompt
 
 
@@ -36,20 +36,19 @@ def write_token_shards(token_rows: Sequence[Sequence[int]], out_dir: str | Path)
     return out
 
 
-class DaliPromptLoader:
-    """``PromptLoader``'s interface and order, batches read and padded by a DALI pipeline."""
+class DaliPromptLoader(PromptLoader):
+    """``PromptLoader``'s order and resumable position, batches read and padded by a DALI pipeline."""
 
     def __init__(self, prompts: list[Prompt], shard_dir: str | Path, *, batch_size: int, seed: int, shuffle: bool,
                  pad_id: int, device_id: int | None = None, num_threads: int = 1):
+        super().__init__(prompts, seed=seed, shuffle=shuffle)
         shard_dir = Path(shard_dir)
         self.offsets = np.load(shard_dir / "offsets.npy")
         self.tokens = np.load(shard_dir / "tokens.npy", mmap_mode="r")
         if len(self.offsets) != len(prompts) + 1:
             raise ValueError(f"{shard_dir}: shards hold {len(self.offsets) - 1} prompts, the prompt file {len(prompts)}; "
                              "re-run write_token_shards for this file")
-        self.prompts, self.batch_size, self.seed, self.shuffle = prompts, batch_size, seed, shuffle
-        self.pad_id, self.device_id, self.num_threads = pad_id, device_id, num_threads
-        self.absolute = 0
+        self.batch_size, self.pad_id, self.device_id, self.num_threads = batch_size, pad_id, device_id, num_threads
         self.last_tokens: torch.Tensor | None = None
         self.last_rows: list[int] = []
         self._pipeline = None
@@ -98,12 +97,7 @@ class DaliPromptLoader:
         lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in self.last_rows]
         return [row[:n].tolist() for row, n in zip(self.last_tokens, lengths, strict=True)]
 
-    def state_dict(self) -> dict:
-        """Where the loader is (JSON-serialisable; the same form as ``PromptLoader``'s)."""
-        n = len(self.prompts)
-        return {"epoch": self.absolute // n, "position": self.absolute % n, "absolute": self.absolute}
-
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict``: the pipeline is rebuilt to start there."""
-        self.absolute = state.get("absolute", state["epoch"] * len(self.prompts) + state["position"])
+        super().load_state_dict(state)
         self._pipeline = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_elo.config.schema import ArchConfig, EngineConfig, TrainerConfig
+from megatron_elo.rollout.weight_sync import SyncStats
 
 LAYOUTS = {  # name: (trainer tp, pp, dp), (engine tp, dp)
     "tp2->tp2": ((2, 1, 1), (2, 1)),
@@ -72,16 +72,26 @@ def _arch(args: argparse.Namespace) -> ArchConfig:
                       vocab_size=args.vocab, max_position_embeddings=256, tie_word_embeddings=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RankSync:
+    """One rank's measurement of one method."""
+
+    method: str
+    sync_s: float  # median seconds per sync
+    copy_s: float  # median seconds to clone the same bytes
+    stats: SyncStats  # what the last sync moved
+
+
 class _BufferSink:
     """Stands in for the engine (``--engine none``): copies every streamed tensor into its own
-    preallocated HF-shaped buffer, as a loader would."""
+    HF-shaped buffer, as a loader would (buffers are allocated by the warm-up sync)."""
 
-    def __init__(self, shapes: dict[str, tuple[torch.Size, torch.dtype]], device: str):
-        self.buffers = {n: torch.empty(s, dtype=d, device=device) for n, (s, d) in shapes.items()}
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
 
     def load_weights(self, stream) -> None:
         for name, tensor in stream:
-            self.buffers[name].copy_(tensor)
+            self.buffers.setdefault(name, torch.empty_like(tensor)).copy_(tensor)
 
 
 def _synchronize(device: str) -> None:
@@ -89,12 +99,12 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: argparse.Namespace) -> list[dict]:
-    """On every rank: build trainer and engine, time ``repeats`` syncs per method; one dict per method."""
+def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: argparse.Namespace) -> list[RankSync]:
+    """On every rank: build trainer and engine, time ``repeats`` syncs per method (after one warm-up)."""
     import torch.distributed as dist
 
     from megatron_elo.parallel.layout import ParallelLayout
-    from megatron_elo.rollout.weight_sync import EngineShard, SyncStats, hf_weight_stream
+    from megatron_elo.rollout.weight_sync import EngineShard, hf_weight_stream
     from megatron_elo.trainer.build import build_policy_trainer
 
     os.environ["LOCAL_RANK"] = str(rank)
@@ -112,8 +122,7 @@ def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: ar
         shard = engine.shard()
     else:
         shard = EngineShard.colocated(engine_tp=engine_tp, rank=rank)
-        shapes = {n: (t.shape, t.dtype) for n, t in hf_weight_stream(trainer.model, trainer.groups, trainer.arch, engine=shard)}
-        engine = _BufferSink(shapes, device)
+        engine = _BufferSink()
     methods = (("ours: local slices", True), ("peers: gather all", False))
     times: dict[str, list[float]] = {m: [] for m, _ in methods}
     stats: dict[str, SyncStats] = {}
@@ -128,10 +137,9 @@ def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: ar
             _synchronize(device)
             if repeat:
                 times[method].append(time.perf_counter() - start)
-    rows = [{"method": m, "sync_s": statistics.median(times[m]), "stats": stats[m]} for m, _ in methods]
     copy_times = []
     weights = [p.detach() for p in trainer.model.parameters()]
-    scale = rows[0]["stats"].hf_bytes / max(sum(w.numel() * w.element_size() for w in weights), 1)
+    scale = stats[methods[0][0]].hf_bytes / max(sum(w.nbytes for w in weights), 1)
     for _ in range(args.repeats):
         _synchronize(device)
         start = time.perf_counter()
@@ -139,19 +147,18 @@ def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: ar
         _synchronize(device)
         copy_times.append((time.perf_counter() - start) * scale)  # scaled to the bytes the engine loads
         del copies
-    for row in rows:
-        row["copy_s"] = statistics.median(copy_times)
-    return rows
+    return [RankSync(method=m, sync_s=statistics.median(times[m]), copy_s=statistics.median(copy_times), stats=stats[m])
+            for m, _ in methods]
 
 
-def _worst_rank(layout: str, per_rank: list[list[dict]]) -> list[ReshardRow]:
+def _worst_rank(layout: str, per_rank: list[list[RankSync]]) -> list[ReshardRow]:
     out = []
     for i, first in enumerate(per_rank[0]):
         ranks = [rows[i] for rows in per_rank]
-        stats = [r["stats"] for r in ranks]
+        stats = [r.stats for r in ranks]
         mb = 2**20
-        out.append(ReshardRow(layout=layout, method=first["method"], sync_ms=1e3 * max(r["sync_s"] for r in ranks),
-                              copy_ms=1e3 * max(r["copy_s"] for r in ranks),
+        out.append(ReshardRow(layout=layout, method=first.method, sync_ms=1e3 * max(r.sync_s for r in ranks),
+                              copy_ms=1e3 * max(r.copy_s for r in ranks),
                               received_mb=max(s.received_bytes for s in stats) / mb,
                               largest_mb=max(s.largest_bytes for s in stats) / mb, hf_mb=max(s.hf_bytes for s in stats) / mb,
                               local_weights=f"{min(s.local_weights for s in stats)}/{stats[0].weights}"))
@@ -174,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from megatron_elo.models.tiny import make_tiny_hf_model
     from megatron_elo.parallel.spawn import run_distributed
     from megatron_elo.utils.logging import progress_bar
+    from megatron_elo.utils.report import device_label, emit_table
 
     layouts = args.layouts or [name for name, (t, e) in LAYOUTS.items() if t[0] * t[1] * t[2] == args.world]
     bad = [n for n in layouts if LAYOUTS[n][0][0] * LAYOUTS[n][0][1] * LAYOUTS[n][0][2] != args.world]
@@ -188,18 +196,8 @@ def run(args: argparse.Namespace) -> int:
                 per_rank = run_distributed(reshard_session, args.world, model_dir, layout, args, timeout=1800)
                 rows += _worst_rank(layout, per_rank)
                 bar.advance()
-    header = (f"{time.strftime('%Y-%m-%d')} · {_device_name(args.device)} · torch {torch.__version__} · engine {args.engine} · "
+    header = (f"{time.strftime('%Y-%m-%d')} · {device_label(args.device, 'gloo')} · torch {torch.__version__} · engine {args.engine} · "
               f"{args.dtype} · Qwen2 shape L={arch.num_layers} H={arch.hidden_size} F={arch.ffn_hidden_size} "
               f"heads={arch.num_attention_heads}/{arch.num_kv_heads} V={arch.vocab_size} · median of {args.repeats} · worst rank")
-    table = format_table(rows, header)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    emit_table(format_table(rows, header), args.out)
     return 0
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores), gloo"

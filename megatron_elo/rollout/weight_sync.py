@@ -123,7 +123,7 @@ def _stage_shards(model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfi
             buffer = next(local)[1].detach().contiguous() if mine else torch.empty(shape, dtype=dtype)
             dist.broadcast(buffer, src=src, group=groups.pp)
             if not mine:
-                stats.received_bytes += buffer.numel() * buffer.element_size()
+                stats.received_bytes += buffer.nbytes
             yield global_name, buffer
 
 
@@ -139,7 +139,7 @@ def _engine_view(name: str, shard: torch.Tensor, groups: ProcessGroups, *, poiso
 def _gathered(name: str, shard: torch.Tensor, groups: ProcessGroups, stats: SyncStats) -> torch.Tensor:
     shards = [torch.empty_like(shard) for _ in range(groups.layout.tp)]
     dist.all_gather(shards, shard.contiguous(), group=groups.tp)
-    stats.received_bytes += (groups.layout.tp - 1) * shard.numel() * shard.element_size()
+    stats.received_bytes += (groups.layout.tp - 1) * shard.nbytes
     return unshard_tp(name, shards)
 
 
@@ -166,9 +166,12 @@ def megatron_weight_stream(model: torch.nn.Module, groups: ProcessGroups, arch: 
                                     for r, peer in enumerate(peer_engines))
 
     for name, shard in _stage_shards(model, groups, arch, stats):
-        local = tp == 1 or tp_rule(name) == REPLICATED or group_reads_local_slices(name, shard.shape[0])
-        full = shard if tp == 1 or tp_rule(name) == REPLICATED else \
-            _engine_view(name, shard, groups, poison=poison) if local else _gathered(name, shard, groups, stats)
+        if tp == 1 or tp_rule(name) == REPLICATED:
+            full, local = shard, True
+        elif group_reads_local_slices(name, shard.shape[0]):
+            full, local = _engine_view(name, shard, groups, poison=poison), True
+        else:
+            full, local = _gathered(name, shard, groups, stats), False
         stats.weights += 1
         stats.local_weights += local
         yield name, full
@@ -183,7 +186,6 @@ def hf_weight_stream(model: torch.nn.Module, groups: ProcessGroups, arch: ArchCo
     for name, full in megatron_weight_stream(model, groups, arch, engine=engine, stats=stats,
                                              local_slices=local_slices, poison=poison):
         for hf_name, tensor in megatron_weight_to_hf(name, full, arch):
-            size = tensor.numel() * tensor.element_size()
-            stats.hf_bytes += size
-            stats.largest_bytes = max(stats.largest_bytes, size)
+            stats.hf_bytes += tensor.nbytes
+            stats.largest_bytes = max(stats.largest_bytes, tensor.nbytes)
             yield hf_name, tensor
