@@ -131,7 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = EloEvolveRun(cfg).run()
     except NotSupportedYet as err:
         raise NotBuiltYet(str(err)) from None
-    print_summary(summary)
+    if "rank" not in summary:  # the driver's summary; other ranks of a torchrun world stay quiet
+        print_summary(summary)
     return 0
 
 

@@ -5,8 +5,13 @@ One step:  prompts -> policy rollouts (n per prompt) -> opponent per prompt -> o
 weight sync -> Elo update -> logging.  Every ``eval.every_steps`` (and before the first step and
 after the last): the held-out win rate against the eval opponents with its 95% interval.
 
-Runs as one process for now (trainer TP = PP = DP = 1, engines in-process); the parallel pieces
-(trainer over TP/PP/DP, colocated engine shards) are tested on their own.
+One process, or a torchrun world of trainer TP x PP x DP ranks with the policy's engine colocated
+(one shard per rank, engine TP x DP over the same ranks). In a world every rank trains, generates its
+engine replica's share of the prompts (gathered to all) and syncs weights; rank 0, the driver, also
+draws the prompts, runs the games against opponents (served engines or their answer cache) and the
+judge, keeps the Elo pool, logs and writes artifacts, and broadcasts what the others need (prompts,
+advantages, eval results). Results do not depend on the layout: sampling seeds are per prompt, the
+loss normaliser is global over DP.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Outcome, Prompt, Re
 from megatron_elo.judges.llm import LLMJudge, build_llm_judge
 from megatron_elo.judges.programmatic import ArithmeticJudge
 from megatron_elo.loss.reference import group_advantages
-from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
+from megatron_elo.rollout.engine import RolloutEngine, Sample, SamplingSettings
+from megatron_elo.rollout.launch import open_engine
 from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
 from megatron_elo.tracking import Tracker, make_tracker
 from megatron_elo.trainer.step import PolicyTrainer, TrainBatch
@@ -64,10 +70,11 @@ class OpponentAnswers:
     """Frozen opponents' answers, generated once per (opponent, prompt, seed) and cached on disk
     (``<output_dir>/opponent_cache/<name>.jsonl``), reused across steps and runs."""
 
-    def __init__(self, cfg: RunConfig, tokenizers: dict[str, PromptTokenizer]):
+    def __init__(self, cfg: RunConfig, tokenizers: dict[str, PromptTokenizer], *, world_size: int = 1):
         self.cfg, self.tokenizers = cfg, tokenizers  # each opponent reads prompts through its own tokenizer
+        self.world_size = world_size  # > 1: engines run as servers (launch=auto)
         self.dir = Path(cfg.output_dir) / "opponent_cache"
-        self.engines: dict[str, RolloutEngine] = {}
+        self.engines: dict = {}  # name -> RolloutEngine or ServedRolloutEngine
         self.cache: dict[str, dict[str, str]] = {}
         self.by_name = {o.name: o for o in cfg.opponents}
 
@@ -86,11 +93,20 @@ class OpponentAnswers:
                     self.cache[name][row["key"]] = row["text"]
         return self.cache[name]
 
-    def _engine(self, name: str) -> RolloutEngine:
-        if name not in self.engines:  # started lazily, reused afterwards
+    def _engine(self, name: str):
+        if name not in self.engines:  # started lazily (never, when the cache has every answer), reused afterwards
             o = self.by_name[name]
-            self.engines[name] = RolloutEngine(o.model.path, o.engine, seed=self.cfg.seed, dtype=o.model.dtype)
+            log.info("starting opponent %s's engine", name)
+            self.engines[name] = open_engine(o.model, o.engine, seed=self.cfg.seed, device=self.cfg.cluster.device,
+                                             world_size=self.world_size,
+                                             log_path=Path(self.cfg.output_dir) / "engine_logs" / f"{name}.log")
         return self.engines[name]
+
+    def close(self) -> None:
+        """Stop every engine started (servers included)."""
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
 
     def answers(self, name: str, prompts: list[Prompt], *, greedy: bool = False) -> dict[str, Response]:
         """{prompt_id: the opponent's answer}, generating only what the cache lacks."""
@@ -173,8 +189,21 @@ class RunState:
     mlflow_run_id: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class StepGames:
+    """What the driver's games of one step produced (games -> verdicts -> outcomes -> rewards)."""
+
+    games: list[Game]
+    verdicts: list
+    outcomes: list[Outcome]
+    rewards: np.ndarray  # [P, n] reward per rollout
+    valid: np.ndarray  # [P, n] bool: the rollout's game was decided
+    probabilities: dict[str, float]  # opponent sampling probabilities this step
+
+
 class EloEvolveRun:
-    """Everything one run owns; ``run()`` executes it. Built once, on one process."""
+    """Everything one run owns; ``run()`` executes it. Built on every rank of the world (or the one
+    process); see the module docstring for what rank 0, the driver, does besides."""
 
     def __init__(self, cfg: RunConfig, *, stop_after: int | None = None):
         self.cfg = cfg
@@ -183,15 +212,11 @@ class EloEvolveRun:
         if cfg.judge.kind == "llm" and cfg.algorithm.name == "point":
             raise NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet; use a pairwise "
                                   "algorithm or judge.kind=programmatic")
-        layout = (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp)
-        if layout != (1, 1, 1):
-            raise NotSupportedYet(f"the loop runs single-process for now (parallel tp,pp,dp = {layout}); the parallel "
-                                  "trainer and colocated engines are tested separately (tests/test_trainer.py, "
-                                  "tests/test_reshard.py)")
+        self.rank, self.world = 0, 1  # set from the process group in run()
         self.tokenizer = player_tokenizer(cfg, cfg.model)
         self.train_prompts, self.eval_prompts = load_prompt_sets(cfg)
         self._prompt_id_cache: dict[str, list[int]] = {}
-        self.loader = self._make_loader()
+        self.loader: PromptLoader | DaliPromptLoader | None = None  # the driver's, made in run()
         self.pool = EloPool.from_config(cfg.opponents, cfg.algorithm.elo)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, self.pool, total_steps=cfg.trainer.steps)
         # the LLM judge's engine starts in run()
@@ -218,18 +243,45 @@ class EloEvolveRun:
 
     # ------------------------------------------------------------ set-up
 
-    def _init_distributed(self) -> None:
-        if not dist.is_initialized():
-            import os
-            import socket
+    @property
+    def is_driver(self) -> bool:
+        """Rank 0: draws prompts, plays the games, keeps the Elo pool, logs."""
+        return self.rank == 0
 
-            if "MASTER_ADDR" not in os.environ:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
-            dist.init_process_group("gloo" if self.cfg.cluster.device == "cpu" else "nccl", rank=0, world_size=1)
+    def _init_distributed(self) -> None:
+        """Join the torchrun world (env://), or make a world of one; set rank, world and the device."""
+        import os
+
+        backend = "gloo" if self.cfg.cluster.device == "cpu" else "nccl"
+        if not dist.is_initialized():
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                dist.init_process_group(backend)  # torchrun / SLURM set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+            else:
+                from megatron_elo.parallel.spawn import free_port
+
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", str(free_port()))
+                dist.init_process_group(backend, rank=0, world_size=1)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.cfg.cluster.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1))))
+
+    def _from_driver(self, value):
+        """``value`` as the driver has it, on every rank (pickled broadcast; identity in a world of one)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _prepare_players(self) -> None:
+        """Make the tiny players the config asks for (the driver; the others wait for it)."""
+        if self.is_driver:
+            self._make_missing_players()
+        if self.world > 1:
+            dist.barrier()
+
+    def _make_missing_players(self) -> None:
         prepare = self.cfg.prepare
         if prepare is None:
             return
@@ -249,10 +301,17 @@ class EloEvolveRun:
         return self._prompt_id_cache[prompt.prompt_id]
 
     def _next_prompts(self) -> list[Prompt]:
-        prompts = self.loader.next_batch(self.cfg.rollout.prompts_per_step)
-        for prompt, ids in zip(prompts, getattr(self.loader, "last_ids", []), strict=False):
+        """The step's prompts, drawn by the driver and sent to every rank with their token ids."""
+        batch = None
+        if self.is_driver:
+            prompts = self.loader.next_batch(self.cfg.rollout.prompts_per_step)
+            for prompt, ids in zip(prompts, getattr(self.loader, "last_ids", []), strict=False):
+                self._prompt_id_cache[prompt.prompt_id] = ids  # the DALI loader's pre-tokenized ids
+            batch = [(p, self._prompt_ids(p)) for p in prompts]
+        batch = self._from_driver(batch)
+        for prompt, ids in batch:
             self._prompt_id_cache[prompt.prompt_id] = ids
-        return prompts
+        return [p for p, _ in batch]
 
     def _opponent_tokenizers(self) -> dict[str, PromptTokenizer]:
         return {o.name: player_tokenizer(self.cfg, o.model) for o in self.cfg.opponents}
@@ -267,18 +326,39 @@ class EloEvolveRun:
 
     # ------------------------------------------------------------ one step
 
+    def _generate(self, prompts: list[Prompt], settings: SamplingSettings) -> list[list[Sample]]:
+        """Samples for every prompt, on every rank. Each engine replica (engine DP rank) generates the
+        prompts i with i % replicas == replica, its TP ranks together; prompt i's seed is
+        ``settings.seed + i`` whatever the layout."""
+        seeds = None if settings.seed is None else [settings.seed + i for i in range(len(prompts))]
+        if self.world == 1:
+            return self.policy_engine.generate([self._prompt_ids(p) for p in prompts], settings, seeds)
+        engine_tp, replicas = self.cfg.rollout.engine.tp, self.cfg.rollout.engine.dp
+        replica = self.rank // engine_tp
+        mine = list(range(replica, len(prompts), replicas))
+        samples = self.policy_engine.generate([self._prompt_ids(prompts[i]) for i in mine], settings,
+                                              None if seeds is None else [seeds[i] for i in mine]) if mine else []
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, (mine, samples) if self.rank % engine_tp == 0 else None)
+        out: list = [None] * len(prompts)
+        for share in gathered:
+            if share is not None:
+                for i, group in zip(*share, strict=True):
+                    out[i] = group
+        return out
+
     def _rollouts(self, prompts: list[Prompt], step: int) -> list[list[Response]]:
         r = self.cfg.rollout
         settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, seed=self.cfg.seed * 1_000_003 + step * 10_007,
                                     stop_token_ids=(self.tokenizer.eos_id,))
-        groups = self.policy_engine.generate([self._prompt_ids(p) for p in prompts], settings)
+        groups = self._generate(prompts, settings)
         return [[Response(player=POLICY, prompt_id=p.prompt_id, sample_index=j, text=self.tokenizer.decode(s.token_ids),
                           token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
                  for j, s in enumerate(group)] for p, group in zip(prompts, groups, strict=True)]
 
-    def _train_batch(self, prompts: list[Prompt], samples: list[list[Response]], advantages: torch.Tensor) -> TrainBatch:
-        """Prompt + response token rows (right-padded), the response mask and trainer-recomputed old log-probs."""
+    def _sequences(self, prompts: list[Prompt], samples: list[list[Response]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt + response token rows, right-padded, and the response mask: ([P*n, S] int64, [P*n, S] bool)."""
         rows, masks = [], []
         for prompt, group in zip(prompts, samples, strict=True):
             prompt_ids = self._prompt_ids(prompt)
@@ -288,21 +368,34 @@ class EloEvolveRun:
         width = max(len(r) for r in rows)
         tokens = torch.tensor([r + [self.tokenizer.pad_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([m + [False] * (width - len(m)) for m in masks])
-        # Old log-probs from the trainer itself (not the engine): the first update is then exactly on-policy.
-        old = self.trainer.compute_logprobs(tokens) * mask
-        ref = self.reference.compute_logprobs(tokens) * mask if self.reference is not None else None
-        return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages.reshape(-1), old_logprobs=old, ref_logprobs=ref)
+        return tokens, mask
 
-    def step(self, step: int) -> dict[str, float]:
-        """One full step; returns its metrics."""
+    def _logprobs(self, model: PolicyTrainer, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, S] log-probs of the response tokens under ``model``'s current weights (0 elsewhere, and on
+        pipeline stages before the last, which compute no loss)."""
+        logprobs = model.compute_logprobs(tokens)
+        return (logprobs if logprobs is not None else torch.zeros(tokens.shape)) * mask
+
+    def _train_batches(self, tokens: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> list[TrainBatch]:
+        """One TrainBatch per optimizer step (``global_batch_size`` consecutive sequences): this DP
+        rank's contiguous share of it, with old (and reference) log-probs recomputed by the trainer
+        itself, all before the first update, so the first update is exactly on-policy."""
+        size = self.cfg.trainer.global_batch_size
+        share = size // self.trainer.groups.layout.dp
+        batches = []
+        for start in range(0, len(tokens), size):
+            rows = slice(start + self.trainer.groups.coords.dp_rank * share, start + (self.trainer.groups.coords.dp_rank + 1) * share)
+            part_tokens, part_mask = tokens[rows], mask[rows]
+            reference = self._logprobs(self.reference, part_tokens, part_mask) if self.reference is not None else None
+            batches.append(TrainBatch(tokens=part_tokens, response_mask=part_mask, advantages=advantages[rows],
+                                      old_logprobs=self._logprobs(self.trainer, part_tokens, part_mask), ref_logprobs=reference))
+        return batches
+
+    def _play(self, prompts: list[Prompt], samples: list[list[Response]], step: int, timings: dict[str, float]) -> StepGames:
+        """The driver's part of a step: opponents chosen and their answers, judge verdicts, outcomes."""
         import time
 
-        cfg, timings = self.cfg, {}
-        clock = time.perf_counter()
-        prompts = self._next_prompts()
-        samples = self._rollouts(prompts, step)
-        timings["generate"] = time.perf_counter() - clock
-
+        cfg = self.cfg
         clock = time.perf_counter()
         plan = self.algorithm.plan_opponents(prompts, step=step, rng=np.random.default_rng([cfg.seed, step, 1]))
         answers = {}
@@ -317,23 +410,41 @@ class EloEvolveRun:
         pairwise = cfg.algorithm.name != "point"
         verdicts = self.judge.judge_pairs(games, judge_rng) if pairwise else self.judge.score(games, judge_rng)
         outcomes = self.algorithm.outcomes(games, verdicts)
-        timings["judge"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
         rewards, valid = outcome_matrix(outcomes, [p.prompt_id for p in prompts], cfg.rollout.n_per_prompt)
-        advantages = self._advantages(torch.tensor(rewards), torch.tensor(valid))
-        batch = self._train_batch(prompts, samples, advantages)
-        train_stats = [self.trainer.train_step(part) for part in batch.micro_batches(cfg.trainer.global_batch_size)]
+        timings["judge"] = time.perf_counter() - clock
+        return StepGames(games=games, verdicts=verdicts, outcomes=outcomes, rewards=rewards, valid=valid,
+                         probabilities=plan.probabilities)
+
+    def step(self, step: int) -> dict[str, float]:
+        """One full step (every rank calls it); returns its metrics on the driver, {} elsewhere."""
+        import time
+
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        prompts = self._next_prompts()
+        samples = self._rollouts(prompts, step)
+        timings["generate"] = time.perf_counter() - clock
+
+        played = self._play(prompts, samples, step, timings) if self.is_driver else None
+        clock = time.perf_counter()
+        advantages = None
+        if self.is_driver:
+            advantages = self._advantages(torch.tensor(played.rewards), torch.tensor(played.valid)).reshape(-1)
+        advantages = self._from_driver(advantages)  # [P * n]
+        tokens, mask = self._sequences(prompts, samples)
+        train_stats = [self.trainer.train_step(batch) for batch in self._train_batches(tokens, mask, advantages)]
         timings["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         self._sync_policy_engine()
         timings["sync"] = time.perf_counter() - clock
+        if not self.is_driver:
+            return {}
 
-        deltas = self.algorithm.update_ratings(outcomes)
+        self.algorithm.update_ratings(played.outcomes)
         self.state.elo_history.append({"step": step + 1, **self.pool.ratings()})
-        self._last_games = (games, verdicts)
-        return self._metrics(train_stats, outcomes, rewards, valid, plan.probabilities, timings, batch, deltas)
+        self._last_games = (played.games, played.verdicts)
+        return self._metrics(train_stats, played, timings, response_tokens=float(mask.sum()))
 
     def _advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """[P, n] outcomes -> [P, n] group-normalised advantages (torch reference or the Triton kernel;
@@ -346,15 +457,16 @@ class EloEvolveRun:
         no_tokens = torch.zeros(rewards.numel(), 0, dtype=torch.bool)
         return token_advantages(rewards, valid, no_tokens, std_normalize=std_normalize)[0].reshape(rewards.shape)
 
-    def _metrics(self, train_stats, outcomes: list[Outcome], rewards, valid, probabilities, timings, batch, deltas) -> dict[str, float]:
+    def _metrics(self, train_stats, played: StepGames, timings: dict[str, float], *, response_tokens: float) -> dict[str, float]:
+        outcomes, rewards, valid, probabilities = played.outcomes, played.rewards, played.valid, played.probabilities
         last = train_stats[-1]
         metrics = {"loss": float(np.mean([s.loss for s in train_stats])), "pg_loss": last.pg_loss, "kl": last.kl,
                    "entropy": last.entropy, "clip_fraction": last.clip_fraction, "grad_norm": last.grad_norm, "lr": last.lr,
                    "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                    "invalid_verdicts": float((~valid).sum()), "elo/policy": self.pool.policy_rating,
-                   "response_tokens": float(batch.response_mask.sum())}
+                   "response_tokens": response_tokens}
         total_time = sum(timings.values())
-        metrics["tokens_per_s"] = float(batch.response_mask.sum()) / max(total_time, 1e-9)
+        metrics["tokens_per_s"] = response_tokens / max(total_time, 1e-9)
         if isinstance(self.judge, LLMJudge):
             metrics.update(self.judge.stats.as_metrics())
         metrics.update({f"time/{k}": v for k, v in timings.items()})
@@ -377,13 +489,17 @@ class EloEvolveRun:
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, step: int) -> EvalResult:
-        """Greedy policy vs each eval opponent's greedy answer, on the held-out prompts, noise-free judge."""
-        names = self.cfg.eval.opponents or [o.name for o in self.cfg.opponents]
+        """Greedy policy vs each eval opponent's greedy answer, on the held-out prompts, noise-free
+        judge. Every rank generates its share; the driver judges; every rank gets the result."""
         settings = SamplingSettings(n=1, max_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
                                     stop_token_ids=(self.tokenizer.eos_id,))
-        groups = self.policy_engine.generate([self._prompt_ids(p) for p in self.eval_prompts], settings)
+        groups = self._generate(self.eval_prompts, settings)
         policy = [Response(player=POLICY, prompt_id=p.prompt_id, sample_index=0, text=self.tokenizer.decode(g[0].token_ids))
                   for p, g in zip(self.eval_prompts, groups, strict=True)]
+        return self._from_driver(self._judge_eval(step, policy) if self.is_driver else None)
+
+    def _judge_eval(self, step: int, policy: list[Response]) -> EvalResult:
+        names = self.cfg.eval.opponents or [o.name for o in self.cfg.opponents]
         total_wins, total_games, per_opponent = 0.0, 0, {}
         rng = np.random.default_rng(0)
         for name in names:
@@ -404,16 +520,19 @@ class EloEvolveRun:
         metrics = {"eval/win_rate": result.win_rate, "eval/win_rate_ci95": result.ci95, "eval/exact": result.exact}
         metrics.update({f"eval/win_rate/{k}": v for k, v in result.per_opponent.items()})
         tracker.log_metrics(metrics, step=result.step)
-        log.info("eval at step %d: held-out win rate %.3f +- %.3f (exact %.2f) %s", result.step, result.win_rate,
-                 result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
+        if self.is_driver:
+            log.info("eval at step %d: held-out win rate %.3f +- %.3f (exact %.2f) %s", result.step, result.win_rate,
+                     result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
 
     # ------------------------------------------------------------ checkpoints
 
     def _save(self, tracker: Tracker) -> None:
         from megatron_elo.trainer.checkpoint import save_checkpoint
 
-        extra = {"loader": self.loader.state_dict(), "pool": self.pool.state_dict(),
-                 "state": dataclasses.asdict(self.state) | {"mlflow_run_id": tracker.run_id}}
+        extra = None  # the driver's run state goes into meta.json; every rank writes its trainer shard
+        if self.is_driver:
+            extra = {"loader": self.loader.state_dict(), "pool": self.pool.state_dict(),
+                     "state": dataclasses.asdict(self.state) | {"mlflow_run_id": tracker.run_id}}
         save_checkpoint(self.trainer, self.run_dir / "checkpoints", extra=extra, keep_last=self.cfg.checkpoint.keep_last)
 
     def _resume(self) -> bool:
@@ -425,7 +544,8 @@ class EloEvolveRun:
         if latest is None:
             return False
         extra = load_checkpoint(self.trainer, latest)
-        self.loader.load_state_dict(extra["loader"])
+        if self.is_driver:
+            self.loader.load_state_dict(extra["loader"])
         self.pool.load_state_dict(extra["pool"])
         self.state = RunState(**extra["state"])
         log.info("resumed from %s at step %d", latest, self.state.step)
@@ -501,55 +621,78 @@ class EloEvolveRun:
             model_dir, step = str(Path(model_dir) / "hf"), int(json.loads((path / "meta.json").read_text())["step"])
         self.policy_engine = RolloutEngine(model_dir, self.cfg.rollout.engine, seed=self.cfg.seed, dtype=self.cfg.model.dtype)
         self.opponents = OpponentAnswers(self.cfg, self._opponent_tokenizers())
-        return self.evaluate(step)
+        try:
+            return self.evaluate(step)
+        finally:
+            self.opponents.close()
 
     # ------------------------------------------------------------ the whole run
 
     def run(self) -> dict:
-        """Prepare, train (resuming if a checkpoint exists), evaluate, export; returns a summary."""
+        """Prepare, train (resuming if a checkpoint exists), evaluate, export; returns a summary (the
+        driver's; other ranks return {"finished", "step", "rank"}). Every rank of the world calls it."""
         torch.manual_seed(self.cfg.seed)
         self._init_distributed()
         self._prepare_players()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
-        if self.judge is None:
-            self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed)
-            self.eval_judge = self.eval_judge or self.judge
+        if self.is_driver:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
+            self.loader = self._make_loader()
         self.trainer = self._build_trainer(self.cfg.model)
         self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
         resumed = self._resume()
-        tracker = make_tracker(self.cfg.tracking, rank=0, output_dir=self.cfg.output_dir, run_name=self.cfg.run_name,
+        tracker = make_tracker(self.cfg.tracking, rank=self.rank, output_dir=self.cfg.output_dir, run_name=self.cfg.run_name,
                                run_id=self.state.mlflow_run_id)
         try:
+            if self.is_driver:
+                self._open_players()
             summary = self._train(tracker, resumed)
         except BaseException:
             tracker.finish("FAILED")
             raise
+        finally:
+            self._close_players()
         tracker.finish("FINISHED" if summary["finished"] else "KILLED")
         return summary
+
+    def _open_players(self) -> None:
+        """The driver's opponents (engines start on their first cache miss) and the LLM judge's engine."""
+        self.opponents = OpponentAnswers(self.cfg, self._opponent_tokenizers(), world_size=self.world)
+        if self.judge is None:
+            self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed, device=self.cfg.cluster.device,
+                                         world_size=self.world, log_dir=Path(self.cfg.output_dir) / "engine_logs")
+            self.eval_judge = self.eval_judge or self.judge
+
+    def _close_players(self) -> None:
+        """Stop the opponents' and the judge's engines (their server processes, when served)."""
+        if getattr(self, "opponents", None) is not None:
+            self.opponents.close()
+        if isinstance(self.judge, LLMJudge):
+            self.judge.backend.close()
 
     def _train(self, tracker: Tracker, resumed: bool) -> dict:
         cfg = self.cfg
         if not resumed:
             tracker.log_params(flatten(config_to_dict(cfg)))
-        self.policy_engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype)
+        self.policy_engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype,
+                                           distributed=self.world > 1)
         if resumed:
             self._sync_policy_engine()
-        self.opponents = OpponentAnswers(cfg, self._opponent_tokenizers())
         if not self.state.evals:
             self._log_eval(self.evaluate(self.state.step), tracker)
         start, steps_here = self.state.step, 0
-        with progress_bar(total=cfg.trainer.steps, description=f"{cfg.algorithm.name}", enabled=True) as bar:
+        with progress_bar(total=cfg.trainer.steps, description=f"{cfg.algorithm.name}", enabled=self.is_driver) as bar:
             bar.advance(start)
             for step in range(start, cfg.trainer.steps):
                 if self.stop_after is not None and steps_here >= self.stop_after:
                     return {"finished": False, "step": step}
                 metrics = self.step(step)
                 self.state.step, steps_here = step + 1, steps_here + 1
-                if self.state.step % cfg.tracking.log_every == 0:
-                    tracker.log_metrics(metrics, step=self.state.step)
-                bar.advance()
-                bar.update(reward=metrics["reward_mean"], elo=metrics["elo/policy"])
+                if self.is_driver:
+                    if self.state.step % cfg.tracking.log_every == 0:
+                        tracker.log_metrics(metrics, step=self.state.step)
+                    bar.advance()
+                    bar.update(reward=metrics["reward_mean"], elo=metrics["elo/policy"])
                 if cfg.eval.every_steps and self.state.step % cfg.eval.every_steps == 0 and self.state.step < cfg.trainer.steps:
                     self._log_eval(self.evaluate(self.state.step), tracker)
                 if cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0:
@@ -557,6 +700,8 @@ class EloEvolveRun:
         final = self.evaluate(self.state.step)
         self._log_eval(final, tracker)
         self._save(tracker)
+        if not self.is_driver:
+            return {"finished": True, "step": self.state.step, "rank": self.rank}
         self._write_artifacts(tracker)
         export = self._export(tracker)
         first = self.state.evals[0]

@@ -1,10 +1,15 @@
-"""A stand-in for an OpenAI-compatible `vllm serve` on loopback, for client / server-manager tests.
+"""A stand-in for vLLM's OpenAI-compatible server on loopback (token ids in and out, as the run
+starts it with --skip-tokenizer-init), for client / server-manager tests.
 
-    python tests/fake_openai_server.py PORT [--fail-first N] [--delay S] [--reply TEXT]
+    python tests/fake_openai_server.py PORT [--fail-first N] [--delay S]
 
-GET /health -> 200. POST /v1/completions -> one choice per prompt whose text is --reply (or, when
-the prompt contains "policy-first", "[[A]]"), with top_logprobs favouring "A"; the first N posts
-answer 503; each post waits --delay seconds first.
+GET /health -> 200. POST /v1/completions, ``prompt`` a list of token-id lists:
+- with ``prompt_logprobs``: each prompt token t after the first gets log-prob -0.01 * t;
+- else ``n`` choices per prompt whose token ids encode --reply (default: "[[A]]" when the decoded
+  prompt contains "policy-first", else "[[B]]") with the tokenizer given to ``make_server`` (without
+  one: ids [7, 8, 9]), each token's log-prob -0.5.
+Greedy requests with n > 1 get 400 (as vLLM answers); the first N posts answer 503; each post waits
+--delay seconds first. ``server.requests`` keeps every request body.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: str | None = None) -> ThreadingHTTPServer:
+def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: str | None = None,
+                tokenizer=None) -> ThreadingHTTPServer:
     state = {"posts": 0}
     lock = threading.Lock()
+    requests: list[dict] = []
+
+    def answer_ids(prompt: list[int]) -> list[int]:
+        if tokenizer is None:
+            return [7, 8, 9]
+        text = reply if reply is not None else ("[[A]]" if "policy-first" in tokenizer.decode(prompt) else "[[B]]")
+        return tokenizer.encode(text, add_special_tokens=False)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -40,19 +53,30 @@ def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: st
             with lock:
                 state["posts"] += 1
                 posts = state["posts"]
+                requests.append(body)
             time.sleep(delay)
             if posts <= fail_first:
                 return self._send(503, {"error": "warming up"})
             if "prompt" not in body or "model" not in body:
                 return self._send(400, {"error": "prompt and model are required"})
+            n = body.get("n", 1)
+            if body.get("temperature") == 0.0 and n > 1:
+                return self._send(400, {"error": f"n must be 1 when using greedy sampling, got {n}."})
             choices = []
             for index, prompt in enumerate(body["prompt"]):
-                text = reply if reply is not None else ("[[A]]" if "policy-first" in prompt else "[[B]]")
-                top = {"A": -0.1, "B": -2.5, "C": -4.0}
-                choices.append({"index": index, "text": text, "logprobs": {"top_logprobs": [top]}})
+                if body.get("prompt_logprobs") is not None:
+                    positions = [None] + [{str(t): {"logprob": -0.01 * t, "rank": 1}} for t in prompt[1:]]
+                    choices.append({"index": index, "text": "", "token_ids": [0], "prompt_logprobs": positions})
+                    continue
+                ids = answer_ids(prompt)
+                for j in range(n):
+                    choices.append({"index": index * n + j, "text": "", "token_ids": ids, "finish_reason": "stop",
+                                    "logprobs": {"token_logprobs": [-0.5] * len(ids)}})
             self._send(200, {"choices": choices[::-1]})  # out of order on purpose: clients sort by index
 
-    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.requests = requests
+    return server
 
 
 if __name__ == "__main__":
@@ -60,6 +84,5 @@ if __name__ == "__main__":
     parser.add_argument("port", type=int)
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--reply")
     args = parser.parse_args()
-    make_server(args.port, fail_first=args.fail_first, delay=args.delay, reply=args.reply).serve_forever()
+    make_server(args.port, fail_first=args.fail_first, delay=args.delay).serve_forever()

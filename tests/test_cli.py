@@ -58,13 +58,13 @@ def test_what_the_loop_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, 
     from megatron_elo import loop
 
     def not_yet(self, cfg, **kwargs):
-        raise loop.NotSupportedYet("the loop runs single-process for now")
+        raise loop.NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet")
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(loop.EloEvolveRun, "__init__", not_yet)
     code = main(["train", TINY, f"output_dir={tmp_path}"])
     assert code == EXIT_NOT_BUILT
-    assert "the loop runs single-process for now" in capsys.readouterr().err
+    assert "point-wise) scoring with an LLM judge is not built yet" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():

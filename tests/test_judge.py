@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from megatron_elo.flow import Game, Prompt, Response
-from megatron_elo.judges.llm import LLMJudge, load_template, parse_verdict
+from megatron_elo.judges.llm import EngineJudgeBackend, LLMJudge, load_template, parse_verdict
 from megatron_elo.parallel.spawn import free_port
-from megatron_elo.rollout.served import CompletionsClient, ServedEngine, ServerError
+from megatron_elo.rollout.engine import SamplingSettings
+from megatron_elo.rollout.served import CompletionsClient, ServedEngine, ServedRolloutEngine, ServerError
 from tests.fake_openai_server import make_server
 
 pytest.importorskip("transformers")
@@ -170,38 +171,55 @@ def fake_server():
         server = make_server(port, **kwargs)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{port}"
+        server.url = f"http://127.0.0.1:{port}"
+        return server
 
     yield start
     for server in servers:
         server.shutdown()
 
 
-def test_client_retries_server_errors_and_judges_through_http(fake_server, tokenizer):
-    url = fake_server(fail_first=2)  # two 503s, then answers
-    client = CompletionsClient(url, model="judge", retries=2, backoff_s=0.01)
-    assert client.complete(["x policy-first", "y"], max_new_tokens=4) == ["[[A]]", "[[B]]"]  # sorted by index
-    assert client.choice_logprobs(["x"], ["A", "B", "Z"]) == [[-0.1, -2.5, float("-inf")]]
+def test_served_engine_generates_and_scores_token_ids(fake_server, tokenizer):
+    server = fake_server(fail_first=2, tokenizer=tokenizer)  # two 503s, then answers
+    engine = ServedRolloutEngine(CompletionsClient(server.url, model="m", retries=2, backoff_s=0.01))
+    reply = tuple(tokenizer.encode("[[B]]", add_special_tokens=False))
+    groups = engine.generate([[1, 2], [3]], SamplingSettings(n=2, max_tokens=4, temperature=1.0, seed=10))
+    assert [[s.token_ids for s in g] for g in groups] == [[reply, reply], [reply, reply]]
+    assert groups[0][0].logprobs == (-0.5,) * len(reply) and groups[0][0].finish_reason == "stop"
+    assert groups[1] == engine.generate([[3]], SamplingSettings(n=2, max_tokens=4, temperature=1.0), seeds=[11])[0]
+    # one request per prompt, each with its own seed (settings.seed + index, as the in-process engine)
+    assert {(tuple(b["prompt"][0]), b["seed"]) for b in server.requests if b.get("seed") is not None} == {((1, 2), 10), ((3,), 11)}
+    greedy = engine.generate([[1]], SamplingSettings(n=3, max_tokens=4, temperature=0.0))  # vLLM refuses n > 1 greedy
+    assert len(greedy[0]) == 3 and greedy[0][0] == greedy[0][2]
+    assert engine.score([[5, 6, 7]]) == [[None, pytest.approx(-0.06), pytest.approx(-0.07)]]
+
+
+def test_llm_judge_through_a_served_engine(fake_server, tokenizer):
+    engine = ServedRolloutEngine(CompletionsClient(fake_server(tokenizer=tokenizer).url, model="judge", backoff_s=0.01))
+    backend = EngineJudgeBackend(engine, tokenizer)
     games = [Game(game_id=g.game_id, prompt=g.prompt, opponent=g.opponent,
                   policy=Response(player="policy", prompt_id=g.prompt.prompt_id, sample_index=0, text="policy-first"))
              for g in _games(2)]
-    # this server's judge always answers [[A]] when it sees the policy's answer anywhere: a position bias
-    one_order = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), swap_positions=False)
+    # this server's judge answers [[A]] whenever it sees the policy's answer anywhere: a position bias
+    one_order = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=False)
     assert [v.winner for v in one_order.judge_pairs(games)] == ["policy", "policy"]
-    swapped = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), swap_positions=True)
+    swapped = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=True)
     assert [v.winner for v in swapped.judge_pairs(games)] == ["tie", "tie"] and swapped.stats.order_flips == 2
-    logprob_judge = LLMJudge(backend=client, tokenizer=tokenizer, template=load_template(None), logprob_verdicts=True)
-    verdicts = logprob_judge.judge_pairs(_games(2))  # top log-prob "A" in both orders -> tie
-    assert [v.winner for v in verdicts] == ["tie", "tie"] and verdicts[0].detail.startswith("logp A=-0.100 B=-2.500")
+    logprob_judge = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), logprob_verdicts=True)
+    verdicts = logprob_judge.judge_pairs(_games(2))  # the server's log-prob is -0.01 * token id: "A" wins both orders
+    letters = {c: -0.01 * tokenizer.encode(c, add_special_tokens=False)[0] for c in "ABC"}
+    assert [v.winner for v in verdicts] == ["tie", "tie"]
+    one_order_detail = "logp " + " ".join(f"{c}={v:.3f}" for c, v in letters.items())
+    assert verdicts[0].detail == f"{one_order_detail} | {one_order_detail}"  # both orders
 
 
 def test_client_gives_up_after_retries_and_on_bad_requests(fake_server):
-    slow = CompletionsClient(fake_server(delay=1.0), model="judge", timeout_s=0.2, retries=1, backoff_s=0.01)
+    slow = CompletionsClient(fake_server(delay=1.0).url, model="m", timeout_s=0.2, retries=1, backoff_s=0.01)
     with pytest.raises(ServerError, match="no answer after 2 attempts"):
-        slow.complete(["x"], max_new_tokens=1)
-    bad = CompletionsClient(fake_server(), model="judge", retries=5, backoff_s=10.0)
+        slow.post({"prompt": [[1]], "max_tokens": 1})
+    bad = CompletionsClient(fake_server().url, model="m", retries=5, backoff_s=10.0)
     with pytest.raises(ServerError, match="HTTP 400"):  # not retried: the 10 s backoff would time the test out
-        bad._post({"no_prompt": True})
+        bad.post({"no_prompt": True})
 
 
 def test_served_engine_starts_on_health_and_reports_crashes(tmp_path):
@@ -211,7 +229,7 @@ def test_served_engine_starts_on_health_and_reports_crashes(tmp_path):
     server.start()
     try:
         assert server.healthy()
-        assert CompletionsClient(server.base_url, model="m").complete(["policy-first"], max_new_tokens=2) == ["[[A]]"]
+        assert CompletionsClient(server.base_url, model="m").post({"prompt": [[1]]})["choices"][0]["token_ids"] == [7, 8, 9]
     finally:
         server.stop()
     assert server.process.poll() is not None and not server.healthy()

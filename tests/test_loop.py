@@ -54,7 +54,7 @@ def run_loop(rank, world_size, cfg, stop_after=None, crash_at=None):
             return {"crashed": str(err)}
     summary = run.run()
     weights = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
-    return summary, weights, run.loader.state_dict(), run.state.elo_history
+    return summary, weights, run.loader.state_dict() if run.loader else None, run.state.elo_history  # the loader: the driver's
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,34 @@ def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     assert resumed[3] == straight[3]  # Elo history, step by step
     assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
     assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
+
+
+@pytest.mark.parametrize("parallel, engine", [({"dp": 2}, {"tp": 1, "dp": 2}), ({"tp": 2}, {"tp": 2, "dp": 1}),
+                                              ({"pp": 2}, {"tp": 1, "dp": 2})], ids=["dp2-engine_dp2", "tp2-engine_tp2", "pp2-engine_dp2"])
+def test_two_ranks_run_the_loop_like_one(straight_and_resumed, tmp_path, parallel, engine):
+    """Trainer TP / PP / DP = 2 with its colocated engine in a 2-process world: the same Elo history,
+    held-out win rates and exported weights as the one-process run (per-prompt seeds, global loss
+    normaliser). Opponents are served in a world (launch=auto); their answers come from the
+    one-process run's cache, so no server starts."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    straight, _, _, resumed_cfg = straight_and_resumed
+    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", tmp_path / "opponent_cache")
+    raw = config_to_dict(resumed_cfg)
+    raw.update(output_dir=str(tmp_path), run_name="two_ranks")
+    raw["parallel"].update(parallel)
+    raw["rollout"]["engine"].update(engine)
+    raw["cluster"]["devices_per_node"] = 2
+    driver, other = run_distributed(run_loop, 2, validate(config_from_dict(raw), world_size=2), timeout=900)
+    assert other[0] == {"finished": True, "step": 4, "rank": 1}
+    assert driver[3] == straight[3]  # Elo history, step by step
+    assert driver[0]["evals"] == straight[0]["evals"]  # held-out win rates at every evaluation
+    assert not (tmp_path / "engine_logs").exists()  # every opponent answer came from the cache
+    ours, theirs = (load_file(str(Path(s["export"]) / "model.safetensors")) for s in (driver[0], straight[0]))
+    for name, weight in theirs.items():
+        torch.testing.assert_close(ours[name], weight, rtol=0, atol=1e-6)
 
 
 def evaluate_checkpoint(rank, world_size, cfg, checkpoint):
@@ -141,10 +169,6 @@ def test_a_crash_marks_the_run_failed(players, tmp_path):
 def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
     from megatron_elo.loop import EloEvolveRun, NotSupportedYet
 
-    cfg = small_config(tmp_path, players)
-    cfg.parallel.tp = 2
-    with pytest.raises(NotSupportedYet, match="single-process for now"):
-        EloEvolveRun(cfg)
     cfg = small_config(tmp_path, players)
     cfg.judge.kind, cfg.algorithm.name = "llm", "point"
     with pytest.raises(NotSupportedYet, match="point-wise"):

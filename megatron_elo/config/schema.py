@@ -78,6 +78,17 @@ class EngineConfig:
                                      "engines in one CPU process. None: gpu_memory_utilization decides.")
     max_model_len: int = opt(1024, "Longest prompt + response the engine accepts, in tokens.")
     enforce_eager: bool = opt(True, "Skip CUDA graph capture (faster start, slower decode).")
+    launch: Literal["auto", "in_process", "server"] = opt(
+        "auto", "Opponents and the judge: in_process = a vLLM engine inside the run's process (single-process runs "
+        "only: an in-process engine hangs in a multi-rank world); server = an OpenAI-compatible vLLM server process "
+        "started by the run on loopback (or the one at server_url); auto = in_process on one rank, server on several. "
+        "The policy's engine is always in-process (colocated)."
+    )
+    server_url: str | None = opt(None, "launch=server: use the server already running at this URL (e.g. on a dedicated "
+                                 "node) instead of starting one; its /health must answer.")
+    startup_timeout_s: float = opt(900.0, "launch=server: seconds a started server has to answer /health.")
+    request_timeout_s: float = opt(600.0, "launch=server: seconds per request before it is retried.")
+    retries: int = opt(3, "launch=server: retries of a failed request (exponential backoff) before the batch fails.")
 
     @property
     def num_devices(self) -> int:

@@ -248,11 +248,16 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
         if model is not None and model.arch is not None:  # vLLM pads the vocab itself
             arch_field = "model.arch" if where == "rollout.engine" else where.removesuffix(".engine") + ".model.arch"
             _check_arch_tp(model.arch, engine.tp, f"{where}.tp", arch_field, check, check_vocab=False, replicate_kv_heads=True)
+        if where == "rollout.engine":
+            _check_policy_engine(engine, world, check)
+            continue
+        _check_launch(where, engine, world, check)
         if engine.placement == "colocated":
             check.need(
-                engine.num_devices == world,
-                f"{where}: colocated engine spans tp*dp = {engine.tp}*{engine.dp} = {engine.num_devices} ranks but the "
-                f"trainer world is {world}; set {where}.dp={max(world // engine.tp, 1)} (one engine shard per trainer rank)",
+                engine.num_devices <= cfg.cluster.devices_per_node,
+                f"{where}: a colocated {where.split('.')[0].rstrip('s')} engine shares the first node's devices: tp*dp = "
+                f"{engine.num_devices} > cluster.devices_per_node={cfg.cluster.devices_per_node}; lower its tp/dp or use "
+                f"placement=dedicated",
             )
             continue
         if not check.need(
@@ -272,6 +277,33 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
             if other != where:
                 check.problems.append(f"{where}: node {engine.node} device {device} is already used by {other}; move first_device")
                 break
+
+
+def _check_policy_engine(engine: EngineConfig, world: int, check: _Check) -> None:
+    """The policy's engine is colocated and in-process: one shard per trainer rank (external_launcher)."""
+    check.need(
+        engine.placement == "colocated" and engine.launch != "server" and engine.server_url is None,
+        "rollout.engine: the policy's engine is colocated with the trainer, inside its processes (weights are "
+        "resharded into it in memory); set rollout.engine.placement=colocated, launch=auto and no server_url",
+    )
+    check.need(
+        engine.num_devices == world,
+        f"rollout.engine: colocated engine spans tp*dp = {engine.tp}*{engine.dp} = {engine.num_devices} ranks but the "
+        f"trainer world is {world}; set rollout.engine.dp={max(world // engine.tp, 1)} (one engine shard per trainer rank)",
+    )
+
+
+def _check_launch(where: str, engine: EngineConfig, world: int, check: _Check) -> None:
+    """Opponents and the judge: in-process engines only in a single-process run."""
+    check.need(
+        not (engine.launch == "in_process" and world > 1),
+        f"{where}.launch=in_process: an in-process vLLM engine hangs inside a multi-rank world ({world} trainer ranks); "
+        f"set {where}.launch=server (or auto: a server process started by the run)",
+    )
+    check.need(
+        engine.server_url is None or engine.launch != "in_process",
+        f"{where}.server_url is set but launch=in_process; set launch=server (or auto) to use the server",
+    )
 
 
 # ---------------------------------------------------------------- batches, algorithm, data

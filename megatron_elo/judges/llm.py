@@ -180,11 +180,16 @@ class LLMJudge:
 
 
 class EngineJudgeBackend:
-    """The judge on a local vLLM engine (``RolloutEngine``), prompts encoded with the judge's tokenizer."""
+    """The judge on a vLLM engine driven with token ids (``RolloutEngine`` in this process or a
+    ``ServedRolloutEngine``), prompts encoded with the judge's tokenizer."""
 
     def __init__(self, engine, tokenizer):
         self.engine = engine
         self.tokenizer = tokenizer
+
+    def close(self) -> None:
+        """Stop the judge's engine (its server, when it runs as one)."""
+        self.engine.close()
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)  # the chat template already has them
@@ -214,15 +219,17 @@ class EngineJudgeBackend:
         return out
 
 
-def build_llm_judge(config, *, seed: int) -> LLMJudge:
-    """The judge of ``config`` (a ``JudgeConfig`` with kind=llm) on its own in-process vLLM engine,
-    its prompts rendered with the judge model's own tokenizer and chat template."""
+def build_llm_judge(config, *, seed: int, device: str = "cpu", world_size: int = 1, log_dir: str | Path | None = None) -> LLMJudge:
+    """The judge of ``config`` (a ``JudgeConfig`` with kind=llm) on its own vLLM engine (in this
+    process, or a server: ``judge.engine.launch``), its prompts rendered with the judge model's own
+    tokenizer and chat template."""
     import transformers
 
-    from megatron_elo.rollout.engine import RolloutEngine
+    from megatron_elo.rollout.launch import open_engine
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(config.model.path)
-    engine = RolloutEngine(config.model.path, config.engine, seed=seed, dtype=config.model.dtype)
+    engine = open_engine(config.model, config.engine, seed=seed, device=device, world_size=world_size,
+                         log_path=Path(log_dir) / "judge.log" if log_dir else None)
     return LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(config.template),
                     swap_positions=config.swap_positions, logprob_verdicts=config.logprob_verdicts,
                     max_new_tokens=config.max_new_tokens)

