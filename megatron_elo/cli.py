@@ -3,9 +3,11 @@
     megatron-elo train configs/tiny_cpu.yaml                       # run (main job)
     megatron-elo train configs/tiny_cpu.yaml trainer.lr=2e-6 --dry-run   # validate, print config + layout
     megatron-elo train --help                                      # every config group and field
-    megatron-elo {eval,bench,convert,compare} --help
+    megatron-elo serve configs/qwen2.5-7b_elo_evolve.yaml --node 1   # a dedicated node's opponent / judge servers
+    megatron-elo {eval,serve,bench,convert,compare} --help
 
-Exit codes: 0 ok, 2 bad configuration or usage, 3 the requested stage is not built yet.
+Exit codes: 0 ok, 2 bad configuration or usage, 3 the requested stage is not built yet, 4 a server
+failed to start or died (`serve`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from megatron_elo.utils.logging import setup_logging
 
 EXIT_BAD_CONFIG = 2
 EXIT_NOT_BUILT = 3
+EXIT_SERVER = 4
 
 
 class NotBuiltYet(RuntimeError):
@@ -161,6 +164,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start node N's dedicated opponent / judge servers and keep them up until stopped (SIGTERM, Ctrl-C)."""
+    import logging
+    import signal
+    import time
+    from pathlib import Path
+
+    from megatron_elo.rollout.launch import node_engines, serve_node
+    from megatron_elo.rollout.served import ServerError
+
+    cfg = load_and_validate(args.config, args.overrides)
+    if not node_engines(cfg, args.node):
+        raise ConfigError([f"serve --node {args.node}: no dedicated engine (opponent or judge) without a server_url is "
+                           f"placed on node {args.node}; check their engine.node"])
+    log_dir = Path(cfg.output_dir) / "engine_logs" / f"node{args.node}"
+    signal.signal(signal.SIGTERM, _interrupt)  # the batch system's stop: shut the servers down cleanly
+    servers = []
+    try:
+        servers = serve_node(cfg, args.node, log_dir=log_dir)
+        for name, server in servers:
+            print(f"{name}: serving on port {server.port} (devices {server.devices or 'cpu'})", flush=True)
+        while True:
+            dead = [name for name, server in servers if server.process.poll() is not None]
+            if dead:
+                raise ServerError(f"serve --node {args.node}: {', '.join(dead)} exited (logs in {log_dir})")
+            time.sleep(2.0)
+    except ServerError as err:
+        logging.getLogger("megatron_elo").error("%s", err)
+        return EXIT_SERVER
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for _, server in servers:
+            server.stop()
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from megatron_elo.compare import compare, format_table, noise_line, write_and_log
 
@@ -209,7 +252,7 @@ def cmd_not_built(issue: int, what: str):
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for ``megatron-elo`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="megatron-elo", description="Elo-Evolve RL training on megatron-core + vLLM.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,convert,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,serve,bench,convert,compare}")
 
     def add_config_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="YAML config, e.g. configs/tiny_cpu.yaml")
@@ -264,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--pad-vocab-to-multiple-of", type=int, default=128,
                          help="pad the embedding so vocab divides by this times TP (to megatron)")
     convert.set_defaults(handler=cmd_convert)
+
+    serve = sub.add_parser("serve", help="start one node's dedicated opponent / judge servers (SLURM does it per engine node)",
+                           formatter_class=raw, epilog=CONFIG_HELP,
+                           description="Start every dedicated engine placed on --node as an OpenAI-compatible vLLM server "
+                                       "on its engine.port and keep them up; the run finds them through "
+                                       "MEGATRON_ELO_ENGINE_HOSTS (see launch/slurm.sbatch).")
+    add_config_args(serve)
+    serve.add_argument("--node", type=int, required=True, help="this node's index in the allocation (trainer nodes first)")
+    serve.set_defaults(handler=cmd_serve)
 
     compare = sub.add_parser("compare", help="run point, static pairwise and Elo-Evolve on one budget and seeds",
                              formatter_class=raw, epilog=CONFIG_HELP)

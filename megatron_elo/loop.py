@@ -97,7 +97,7 @@ class OpponentAnswers:
         if name not in self.engines:  # started lazily (never, when the cache has every answer), reused afterwards
             o = self.by_name[name]
             log.info("starting opponent %s's engine", name)
-            self.engines[name] = open_engine(o.model, o.engine, seed=self.cfg.seed, device=self.cfg.cluster.device,
+            self.engines[name] = open_engine(o.model, o.engine, cluster=self.cfg.cluster, seed=self.cfg.seed,
                                              world_size=self.world_size,
                                              log_path=Path(self.cfg.output_dir) / "engine_logs" / f"{name}.log")
         return self.engines[name]
@@ -659,7 +659,7 @@ class EloEvolveRun:
         """The driver's opponents (engines start on their first cache miss) and the LLM judge's engine."""
         self.opponents = OpponentAnswers(self.cfg, self._opponent_tokenizers(), world_size=self.world)
         if self.judge is None:
-            self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed, device=self.cfg.cluster.device,
+            self.judge = build_llm_judge(self.cfg.judge, seed=self.cfg.seed, cluster=self.cfg.cluster,
                                          world_size=self.world, log_dir=Path(self.cfg.output_dir) / "engine_logs")
             self.eval_judge = self.eval_judge or self.judge
 

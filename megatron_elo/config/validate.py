@@ -242,7 +242,7 @@ def _engine_model(cfg: RunConfig, where: str) -> ModelConfig | None:
 def _check_engines(cfg: RunConfig, check: _Check) -> None:
     world = trainer_world_size(cfg)
     trainer_nodes = cfg.cluster.trainer_nodes or cfg.cluster.nodes
-    taken: dict[tuple[int, int], str] = {}
+    taken: dict[tuple[int, int | str], str] = {}  # (node, device or "port P") -> the engine holding it
     for where, engine in _engines(cfg):
         model = _engine_model(cfg, where)
         if model is not None and model.arch is not None:  # vLLM pads the vocab itself
@@ -272,6 +272,11 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
             f"{where}: devices {engine.first_device}..{last - 1} do not fit in cluster.devices_per_node={cfg.cluster.devices_per_node}",
         ):
             continue
+        if engine.port is not None and engine.server_url is None:
+            other = taken.setdefault((engine.node, f"port {engine.port}"), where)
+            if other != where:
+                check.problems.append(f"{where}: port {engine.port} on node {engine.node} is already used by {other}; "
+                                      f"give it another {where}.port")
         for device in range(engine.first_device, last):
             other = taken.setdefault((engine.node, device), where)
             if other != where:
@@ -304,6 +309,17 @@ def _check_launch(where: str, engine: EngineConfig, world: int, check: _Check) -
         engine.server_url is None or engine.launch != "in_process",
         f"{where}.server_url is set but launch=in_process; set launch=server (or auto) to use the server",
     )
+    if engine.placement == "dedicated":
+        check.need(
+            engine.launch != "in_process",
+            f"{where}: placement=dedicated runs as a server on its own node; set {where}.launch=auto (or server), or use "
+            f"placement=colocated to run it in this process",
+        )
+        check.need(
+            engine.server_url is not None or engine.port is not None,
+            f"{where}: a dedicated engine needs {where}.port (`megatron-elo serve --node {engine.node}` starts it there and "
+            f"the run connects to it) or {where}.server_url",
+        )
 
 
 # ---------------------------------------------------------------- batches, algorithm, data

