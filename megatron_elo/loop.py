@@ -330,14 +330,19 @@ class EloEvolveRun:
         """Samples for every prompt, on every rank. Each engine replica (engine DP rank) generates the
         prompts i with i % replicas == replica, its TP ranks together; prompt i's seed is
         ``settings.seed + i`` whatever the layout."""
-        seeds = None if settings.seed is None else [settings.seed + i for i in range(len(prompts))]
+        seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
         if self.world == 1:
             return self.policy_engine.generate([self._prompt_ids(p) for p in prompts], settings, seeds)
         engine_tp, replicas = self.cfg.rollout.engine.tp, self.cfg.rollout.engine.dp
         replica = self.rank // engine_tp
         mine = list(range(replica, len(prompts), replicas))
-        samples = self.policy_engine.generate([self._prompt_ids(prompts[i]) for i in mine], settings,
-                                              None if seeds is None else [seeds[i] for i in mine]) if mine else []
+        # vLLM's DP replicas step in lockstep (they all-reduce batch padding every step): a replica
+        # left without prompts would hang the others, so every replica runs the same number, the
+        # short ones repeating a prompt whose answers are dropped (measured: 1 prompt on 2 replicas hung).
+        share = -(-len(prompts) // replicas)
+        padded = mine + [mine[0] if mine else 0] * (share - len(mine))
+        samples = self.policy_engine.generate([self._prompt_ids(prompts[i]) for i in padded], settings,
+                                              [seeds[i] for i in padded])[: len(mine)] if share else []
         gathered: list = [None] * self.world
         dist.all_gather_object(gathered, (mine, samples) if self.rank % engine_tp == 0 else None)
         out: list = [None] * len(prompts)
@@ -423,6 +428,7 @@ class EloEvolveRun:
         clock = time.perf_counter()
         prompts = self._next_prompts()
         samples = self._rollouts(prompts, step)
+        self.policy_engine.sleep()  # GPU: weights and KV cache released for the update (no-op on CPU)
         timings["generate"] = time.perf_counter() - clock
 
         played = self._play(prompts, samples, step, timings) if self.is_driver else None
@@ -436,6 +442,7 @@ class EloEvolveRun:
         timings["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        self.policy_engine.wake_up()
         self._sync_policy_engine()
         timings["sync"] = time.perf_counter() - clock
         if not self.is_driver:

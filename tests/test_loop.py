@@ -91,6 +91,21 @@ def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
 
 
+def two_rank_config(straight_and_resumed, root: Path, parallel: dict, engine: dict, **eval_overrides):
+    """The one-process run's config on 2 ranks in ``root``, with that run's opponent-answer cache."""
+    import shutil
+
+    straight, _, _, resumed_cfg = straight_and_resumed
+    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", root / "opponent_cache")
+    raw = config_to_dict(resumed_cfg)
+    raw.update(output_dir=str(root), run_name="two_ranks")
+    raw["parallel"].update(parallel)
+    raw["rollout"]["engine"].update(engine)
+    raw["cluster"]["devices_per_node"] = 2
+    raw["eval"].update(eval_overrides)
+    return validate(config_from_dict(raw), world_size=2)
+
+
 @pytest.mark.parametrize("parallel, engine", [({"dp": 2}, {"tp": 1, "dp": 2}), ({"tp": 2}, {"tp": 2, "dp": 1}),
                                               ({"pp": 2}, {"tp": 1, "dp": 2})], ids=["dp2-engine_dp2", "tp2-engine_tp2", "pp2-engine_dp2"])
 def test_two_ranks_run_the_loop_like_one(straight_and_resumed, tmp_path, parallel, engine):
@@ -98,18 +113,10 @@ def test_two_ranks_run_the_loop_like_one(straight_and_resumed, tmp_path, paralle
     held-out win rates and exported weights as the one-process run (per-prompt seeds, global loss
     normaliser). Opponents are served in a world (launch=auto); their answers come from the
     one-process run's cache, so no server starts."""
-    import shutil
-
     from safetensors.torch import load_file
 
-    straight, _, _, resumed_cfg = straight_and_resumed
-    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", tmp_path / "opponent_cache")
-    raw = config_to_dict(resumed_cfg)
-    raw.update(output_dir=str(tmp_path), run_name="two_ranks")
-    raw["parallel"].update(parallel)
-    raw["rollout"]["engine"].update(engine)
-    raw["cluster"]["devices_per_node"] = 2
-    driver, other = run_distributed(run_loop, 2, validate(config_from_dict(raw), world_size=2), timeout=900)
+    straight = straight_and_resumed[0]
+    driver, other = run_distributed(run_loop, 2, two_rank_config(straight_and_resumed, tmp_path, parallel, engine), timeout=900)
     assert other[0] == {"finished": True, "step": 4, "rank": 1}
     assert driver[3] == straight[3]  # Elo history, step by step
     assert driver[0]["evals"] == straight[0]["evals"]  # held-out win rates at every evaluation
@@ -117,6 +124,15 @@ def test_two_ranks_run_the_loop_like_one(straight_and_resumed, tmp_path, paralle
     ours, theirs = (load_file(str(Path(s["export"]) / "model.safetensors")) for s in (driver[0], straight[0]))
     for name, weight in theirs.items():
         torch.testing.assert_close(ours[name], weight, rtol=0, atol=1e-6)
+
+
+def test_an_engine_replica_without_prompts_does_not_hang(straight_and_resumed, tmp_path):
+    """One held-out prompt over two engine replicas: vLLM's DP replicas step together, so the one
+    without a prompt still generates (a repeated prompt, dropped); without that the run hangs."""
+    cfg = two_rank_config(straight_and_resumed, tmp_path, {"dp": 2}, {"tp": 1, "dp": 2}, num_prompts=1)
+    driver, _ = run_distributed(run_loop, 2, cfg, timeout=600)
+    assert driver[0]["finished"] and len(driver[0]["evals"]) == 3  # start, step 2, end
+    assert driver[0]["evals"][0]["per_opponent"].keys() == {"weak", "medium", "strong"}
 
 
 def evaluate_checkpoint(rank, world_size, cfg, checkpoint):

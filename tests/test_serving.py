@@ -14,7 +14,14 @@ from megatron_elo.config.loader import ConfigError, load_config
 from megatron_elo.config.validate import validate
 from megatron_elo.parallel.spawn import free_port
 from megatron_elo.rollout.engine import SamplingSettings
-from megatron_elo.rollout.launch import ENGINE_HOSTS_ENV, dedicated_url, launches_server, node_engines, open_engine, serve_node
+from megatron_elo.rollout.launch import (
+    ENGINE_HOSTS_ENV,
+    dedicated_url,
+    launches_server,
+    node_engines,
+    open_engine,
+    serve_node,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN7B = ROOT / "configs" / "qwen2.5-7b_elo_evolve.yaml"
@@ -48,6 +55,11 @@ def test_start_up_checks_name_the_engine_and_the_fix():
     assert "opponents.0.engine: placement=dedicated runs as a server on its own node" in text
     assert "an in-process vLLM engine hangs inside a multi-rank world (8 trainer ranks)" in text
     assert "rollout.engine: the policy's engine is colocated with the trainer" in problems("rollout.engine.launch=server")
+    ranges = problems("judge.engine.retries=-1", "judge.engine.port=80", "opponents.0.engine.server_url=node2:8000",
+                      "opponents.1.engine.request_timeout_s=0")
+    assert "judge.engine.retries: must be >= 0, got -1" in ranges and "judge.engine.port: must be in 1024..65535, got 80" in ranges
+    assert "opponents.0.engine.server_url: must start with http:// or https://, got 'node2:8000'" in ranges
+    assert "opponents.1.engine.startup_timeout_s / request_timeout_s: must be > 0 seconds" in ranges
     two = problems("cluster.devices_per_node=2", "parallel.dp=2", "rollout.engine.dp=2",
                    "opponents.weak.engine.launch=in_process", config=TINY, world_size=2)
     assert "opponents.0.engine.launch=in_process: an in-process vLLM engine hangs inside a multi-rank world" in two

@@ -127,6 +127,15 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
             0 < engine.gpu_memory_utilization <= 1,
             f"{where}.gpu_memory_utilization: must be in (0, 1], got {engine.gpu_memory_utilization}",
         )
+        check.need(engine.startup_timeout_s > 0 and engine.request_timeout_s > 0,
+                   f"{where}.startup_timeout_s / request_timeout_s: must be > 0 seconds, got "
+                   f"{engine.startup_timeout_s} / {engine.request_timeout_s}")
+        check.need(engine.retries >= 0, f"{where}.retries: must be >= 0, got {engine.retries}")
+        if engine.port is not None:
+            check.need(1024 <= engine.port <= 65535, f"{where}.port: must be in 1024..65535, got {engine.port}")
+        if engine.server_url is not None:
+            check.need(engine.server_url.startswith(("http://", "https://")),
+                       f"{where}.server_url: must start with http:// or https://, got {engine.server_url!r}")
 
 
 # ---------------------------------------------------------------- models
