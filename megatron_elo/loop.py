@@ -346,9 +346,9 @@ class EloEvolveRun:
         gathered: list = [None] * self.world
         dist.all_gather_object(gathered, (mine, samples) if self.rank % engine_tp == 0 else None)
         out: list = [None] * len(prompts)
-        for share in gathered:
-            if share is not None:
-                for i, group in zip(*share, strict=True):
+        for replica_share in gathered:  # (prompt indices, their samples) from each replica's TP rank 0
+            if replica_share is not None:
+                for i, group in zip(*replica_share, strict=True):
                     out[i] = group
         return out
 
