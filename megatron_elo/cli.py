@@ -242,11 +242,10 @@ def cmd_bench_reshard(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def cmd_not_built(issue: int, what: str):
-    def handler(args: argparse.Namespace) -> int:
-        raise NotBuiltYet(f"{what} lands with issue #{issue}")
+def cmd_bench_trainer(args: argparse.Namespace) -> int:
+    from megatron_elo.trainer.benchmark import run
 
-    return handler
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,11 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reshard_bench_arguments(bench_reshard)
     bench_reshard.set_defaults(handler=cmd_bench_reshard)
-    for target, issue in (("trainer", 5),):
-        later = bench_targets.add_parser(target, help=f"(issue #{issue})")
-        later.add_argument("--config", help="model/batch config")
-        later.add_argument("--out", help="also write the table (markdown) to this file")
-        later.set_defaults(handler=cmd_not_built(issue, f"`bench {target}`"))
+    bench_trainer = bench_targets.add_parser("trainer", help="train step: tokens/s, step time, MFU, peak memory",
+                                             formatter_class=raw, description="The policy train step on random weights "
+                                             "and tokens, per loss-side setting (see megatron_elo/trainer/benchmark.py).")
+    from megatron_elo.trainer.benchmark import add_arguments as add_trainer_bench_arguments
+
+    add_trainer_bench_arguments(bench_trainer)
+    bench_trainer.set_defaults(handler=cmd_bench_trainer)
 
     convert = sub.add_parser("convert", help="convert checkpoints between HF safetensors and the Megatron layout")
     convert.add_argument("--from", dest="source_format", choices=["hf", "megatron"], required=True)

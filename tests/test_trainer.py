@@ -236,3 +236,31 @@ def test_training_checkpoint_exports_to_hf(model_dir, tmp_path):
     exported = transformers.AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
     assert torch.equal(exported["model.embed_tokens.weight"], weights["embedding.word_embeddings.weight"][: ARCH.vocab_size])
     assert torch.equal(exported["model.norm.weight"], weights["decoder.final_layernorm.weight"])
+
+
+# ---------------------------------------------------------------- bench trainer
+
+
+def bench_trainer_session(rank, world_size, out):
+    from megatron_elo.cli import main
+
+    return main(["bench", "trainer", "--batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1", "--peak-tflops", "0.5",
+                 "--out", out])
+
+
+def test_bench_trainer_reports_consistent_throughput_and_mfu(tmp_path):
+    """One row per loss-side setting whose tokens/s, step time and MFU agree with each other and with
+    the flop count; the flop count puts issue #5's H100 reference (32.8k tokens/s) at its ~32% MFU."""
+    from megatron_elo.trainer.benchmark import SHAPES, train_flops_per_token
+
+    out = tmp_path / "trainer.md"
+    assert run_distributed(bench_trainer_session, 1, str(out), timeout=300)[0] == 0
+    table = out.read_text()
+    assert "shape small, batch 2 x 16" in table and "issue #5 reference" in table
+    row = next(line for line in table.splitlines() if line.startswith("| torch"))
+    step_ms, tokens_per_s, mfu = (cell.strip() for cell in row.split("|")[2:5])
+    assert float(tokens_per_s.replace(",", "")) == pytest.approx(2 * 16 / (float(step_ms) / 1e3), rel=0.01)
+    expected_mfu = float(tokens_per_s.replace(",", "")) * train_flops_per_token(SHAPES["small"], 16) / 0.5e12
+    assert float(mfu.rstrip("%")) == pytest.approx(100 * expected_mfu, rel=0.02, abs=0.05)
+    reference_mfu = 32.8e3 * train_flops_per_token(SHAPES["qwen2.5-1.5b"], 2048) / 989e12
+    assert 0.30 < reference_mfu < 0.36

@@ -1,0 +1,176 @@
+"""``megatron-elo bench trainer``: tokens/s, step time, MFU and peak memory of the policy train step.
+
+    megatron-elo bench trainer                                             # CPU: a small Qwen2 shape, batch 2 x 256
+    megatron-elo bench trainer --shape qwen2.5-1.5b --batch 4 --seq 2048 --device cuda --dtype bf16 --kernels torch triton
+
+One process (TP = PP = DP = 1), random weights and tokens, the whole step as the loop runs it:
+micro-batched forward + backward of the clipped policy-gradient loss over half of each row as
+response tokens, grad clipping, AdamW. Per ``--kernels`` setting it prints the median step time of
+``--steps`` steps after ``--warmup``, tokens/s (all tokens of the batch), MFU against ``--peak-tflops``
+(default: the H100's dense bf16 989 TFLOP/s on CUDA; none on CPU) and the peak memory (CUDA: allocated
+above the model and optimizer; CPU: the process's peak RSS). The reference row is issue #5's
+measurement on an H100 (megatron-core local spec + SDPA, bf16, Qwen2.5-1.5B shape, 4 x 2048).
+
+MFU counts the model's matmul flops (Megatron's convention, full attention score matrices): per token
+forward 2 * (h*(q + 2*kv) + q*h + 3*h*f) per layer + 4 * s * q per layer (scores and values) + 2*h*V for
+the output layer; backward twice that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from megatron_elo.config.schema import ArchConfig, TrainerConfig
+
+SHAPES = {  # HF-config shapes with random weights
+    "small": ArchConfig(family="qwen2", num_layers=4, hidden_size=256, ffn_hidden_size=704, num_attention_heads=4,
+                        num_kv_heads=2, vocab_size=8192, max_position_embeddings=4096, tie_word_embeddings=True),
+    "qwen2.5-1.5b": ArchConfig(family="qwen2", num_layers=28, hidden_size=1536, ffn_hidden_size=8960, num_attention_heads=12,
+                               num_kv_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True),
+    "qwen2.5-7b": ArchConfig(family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944, num_attention_heads=28,
+                             num_kv_heads=4, vocab_size=152064, max_position_embeddings=32768, tie_word_embeddings=False),
+}
+H100_BF16_DENSE_TFLOPS = 989.0
+REFERENCE = "issue #5 reference: H100, local spec + SDPA, bf16, qwen2.5-1.5b, 4 x 2048: 32.8k tokens/s, ~32% MFU, 47 GB peak"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerRow:
+    """One measured ``--kernels`` setting."""
+
+    kernels: str
+    step_ms: float
+    tokens_per_s: float
+    mfu: float | None
+    peak_gb: float
+
+
+def train_flops_per_token(arch: ArchConfig, seq_len: int) -> float:
+    """Matmul flops of forward + backward per token (see the module docstring)."""
+    h, f, q = arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads * arch.kv_channels
+    kv = arch.num_kv_heads * arch.kv_channels
+    per_layer = 2 * (h * (q + 2 * kv) + q * h + 3 * h * f) + 4 * seq_len * q
+    forward = arch.num_layers * per_layer + 2 * h * arch.vocab_size
+    return 3.0 * forward
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bench trainer`` options."""
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small", help="model shape (random weights)")
+    parser.add_argument("--batch", type=int, default=2, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
+    parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (default: --batch)")
+    parser.add_argument("--kernels", nargs="+", choices=["torch", "triton"], default=["torch"], help="loss-side settings to time")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: H100 bf16 dense on CUDA)")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+
+
+def _init_world(device: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from megatron_elo.parallel.spawn import free_port
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str):
+    from megatron_elo.models.gpt import build_gpt_model
+    from megatron_elo.parallel.groups import build_process_groups
+    from megatron_elo.parallel.layout import ParallelLayout
+    from megatron_elo.trainer.step import PolicyTrainer
+
+    groups = build_process_groups(ParallelLayout(tp=1, pp=1, dp=1))
+    model = build_gpt_model(arch, groups, padded_vocab=arch.vocab_size, dtype=args.dtype, device=args.device)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.02)
+    config = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch or args.batch, global_batch_size=args.batch,
+                           kernels=kernels, precision=args.dtype)
+    return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6)
+
+
+def _batch(arch: ArchConfig, args: argparse.Namespace, trainer):
+    from megatron_elo.trainer.step import TrainBatch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, arch.vocab_size, (args.batch, args.seq), generator=generator).to(args.device)
+    mask = torch.zeros(args.batch, args.seq, dtype=torch.bool, device=args.device)
+    mask[:, args.seq // 2:] = True  # the second half of each row is the response
+    old = trainer.compute_logprobs(tokens) * mask
+    advantages = torch.where(torch.arange(args.batch) % 2 == 0, 1.0, -1.0).to(args.device)
+    return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages, old_logprobs=old)
+
+
+def measure(args: argparse.Namespace, kernels: str) -> TrainerRow:
+    """Time ``args.steps`` train steps of one ``--kernels`` setting."""
+    arch = SHAPES[args.shape]
+    trainer = _trainer(arch, args, kernels)
+    batch = _batch(arch, args, trainer)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()  # the previous setting's trainer is gone
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    times = []
+    for index in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        if index >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    tokens_per_s = args.batch * args.seq / step_s
+    peak = args.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
+    mfu = tokens_per_s * train_flops_per_token(arch, args.seq) / (peak * 1e12) if peak else None
+    peak_gb = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return TrainerRow(kernels=kernels, step_ms=step_s * 1e3, tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
+
+
+def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
+    """The markdown table with the device, shape and the reference beside."""
+    from megatron_elo.utils.report import device_label
+
+    memory = "peak GB above model" if args.device == "cuda" else "process peak RSS GB"
+    lines = [f"bench trainer on {device_label(args.device, 'one process')}: shape {args.shape}, batch {args.batch} x {args.seq}, "
+             f"micro-batch {args.micro_batch or args.batch}, {args.dtype}, median of {args.steps} after {args.warmup} warm-up",
+             "", f"| kernels | step ms | tokens/s | MFU | {memory} |", "|---|---|---|---|---|"]
+    for row in rows:
+        mfu = f"{100 * row.mfu:.1f}%" if row.mfu is not None else "- (give --peak-tflops)"
+        lines.append(f"| {row.kernels} | {row.step_ms:.1f} | {row.tokens_per_s:,.0f} | {mfu} | {row.peak_gb:.2f} |")
+    lines += ["", REFERENCE]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``megatron-elo bench trainer``."""
+    from megatron_elo.utils.report import emit_table
+
+    if args.batch < 1 or args.seq < 2 or args.steps < 1:
+        raise ValueError("bench trainer: --batch >= 1, --seq >= 2 and --steps >= 1 are needed")
+    if args.micro_batch is not None and args.batch % args.micro_batch:
+        raise ValueError(f"bench trainer: --micro-batch {args.micro_batch} must divide --batch {args.batch}")
+    if "triton" in args.kernels and args.device == "cpu":
+        from kernels._runtime import enable_interpreter_without_cuda
+
+        enable_interpreter_without_cuda()  # correct but slow: time the triton setting on the GPU
+    _init_world(args.device)
+    rows = [measure(args, kernels) for kernels in args.kernels]
+    emit_table(format_table(rows, args), args.out)
+    return 0
