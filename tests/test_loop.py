@@ -1,6 +1,7 @@
 """The Elo-Evolve loop on the tiny CPU setup: a resumed run equals an uninterrupted one (bitwise
-weights, Elo ratings, data position), MLflow holds params / metrics / artifacts in one run across
-the resume, and a crash marks the run FAILED."""
+weights, Elo ratings, data position), the loop on 2 ranks (trainer TP / PP / DP = 2 with its
+colocated engine) equals the one-process run, MLflow holds params / metrics / artifacts in one run
+across the resume, and a crash marks the run FAILED."""
 
 from __future__ import annotations
 

@@ -81,8 +81,8 @@ class EngineConfig:
     launch: Literal["auto", "in_process", "server"] = opt(
         "auto", "Opponents and the judge: in_process = a vLLM engine inside the run's process (single-process runs "
         "only: an in-process engine hangs in a multi-rank world); server = an OpenAI-compatible vLLM server process "
-        "started by the run on loopback (or the one at server_url); auto = in_process on one rank, server on several. "
-        "The policy's engine is always in-process (colocated)."
+        "started by the run on loopback (or the one at server_url); auto = in_process on one rank, server on several "
+        "(placement=dedicated is always a server). The policy's engine is always in-process (colocated)."
     )
     server_url: str | None = opt(None, "launch=server: use the server already running at this URL instead of starting "
                                  "or finding one; its /health must answer.")
