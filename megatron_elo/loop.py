@@ -252,16 +252,12 @@ class EloEvolveRun:
         """Join the torchrun world (env://), or make a world of one; set rank, world and the device."""
         import os
 
-        backend = "gloo" if self.cfg.cluster.device == "cpu" else "nccl"
-        if not dist.is_initialized():
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                dist.init_process_group(backend)  # torchrun / SLURM set RANK, WORLD_SIZE, MASTER_ADDR/PORT
-            else:
-                from megatron_elo.parallel.spawn import free_port
+        from megatron_elo.parallel.spawn import init_world_of_one
 
-                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                os.environ.setdefault("MASTER_PORT", str(free_port()))
-                dist.init_process_group(backend, rank=0, world_size=1)
+        backend = "gloo" if self.cfg.cluster.device == "cpu" else "nccl"
+        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend)  # torchrun / SLURM set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+        init_world_of_one(backend)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if self.cfg.cluster.device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1))))
@@ -387,9 +383,10 @@ class EloEvolveRun:
         itself, all before the first update, so the first update is exactly on-policy."""
         size = self.cfg.trainer.global_batch_size
         share = size // self.trainer.groups.layout.dp
+        first = self.trainer.groups.coords.dp_rank * share  # this rank's offset inside each step's sequences
         batches = []
         for start in range(0, len(tokens), size):
-            rows = slice(start + self.trainer.groups.coords.dp_rank * share, start + (self.trainer.groups.coords.dp_rank + 1) * share)
+            rows = slice(start + first, start + first + share)
             part_tokens, part_mask = tokens[rows], mask[rows]
             reference = self._logprobs(self.reference, part_tokens, part_mask) if self.reference is not None else None
             batches.append(TrainBatch(tokens=part_tokens, response_mask=part_mask, advantages=advantages[rows],

@@ -5,8 +5,6 @@ trainer shard move no bytes, and the parts of the weights they do not send are n
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -63,7 +61,6 @@ def colocated_session(rank, world_size, model_dir, trainer_layout, engine_layout
     from megatron_elo.trainer.build import build_policy_trainer
     from megatron_elo.trainer.step import TrainBatch
 
-    os.environ["LOCAL_RANK"] = str(rank)
     tp, pp, dp = trainer_layout
     config = TrainerConfig(lr=0.05, micro_batch_size=4, global_batch_size=4 * dp, precision="fp32", grad_clip=0.0)
     trainer = build_policy_trainer(model_dir, ParallelLayout(tp=tp, pp=pp, dp=dp), config, total_steps=5,

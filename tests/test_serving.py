@@ -22,11 +22,9 @@ from megatron_elo.rollout.launch import (
     open_engine,
     serve_node,
 )
+from tests.test_config import QWEN7B, TINY, problems_of
 
-ROOT = Path(__file__).resolve().parents[1]
-QWEN7B = ROOT / "configs" / "qwen2.5-7b_elo_evolve.yaml"
-TINY = ROOT / "configs" / "tiny_cpu.yaml"
-FAKE_SERVER = str(ROOT / "tests" / "fake_openai_server.py")
+FAKE_SERVER = str(Path(__file__).parent / "fake_openai_server.py")
 
 
 def qwen(*overrides: str):
@@ -36,7 +34,7 @@ def qwen(*overrides: str):
 def problems(*overrides: str, config=QWEN7B, world_size=None) -> str:
     with pytest.raises(ConfigError) as excinfo:
         validate(load_config(config, list(overrides)), world_size=world_size, check_paths=False)
-    return "\n".join(excinfo.value.problems)
+    return problems_of(excinfo)
 
 
 def test_auto_launch_is_in_process_alone_and_a_server_in_a_world():

@@ -21,6 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_world_of_one(backend: str) -> None:
+    """A default process group of this process alone (rank 0 of 1) on a free loopback port, unless
+    one is initialised already: single-process runs still build their groups from a layout."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(backend, rank=0, world_size=1)
+
+
 def _worker(rank: int, world_size: int, port: int, fn, args, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))  # one node: vLLM's external_launcher reads LOCAL_RANK

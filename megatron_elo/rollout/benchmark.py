@@ -15,7 +15,6 @@ buffers instead of a vLLM engine (the GPU machine has no vLLM).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -107,7 +106,6 @@ def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: ar
     from megatron_elo.rollout.weight_sync import EngineShard, hf_weight_stream
     from megatron_elo.trainer.build import build_policy_trainer
 
-    os.environ["LOCAL_RANK"] = str(rank)
     (tp, pp, dp), (engine_tp, engine_dp) = LAYOUTS[layout]
     device = args.device
     if device == "cuda":

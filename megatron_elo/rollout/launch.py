@@ -72,12 +72,11 @@ def serve_node(cfg: RunConfig, node: int, *, log_dir: str | Path | None = None) 
     devices (CUDA_VISIBLE_DEVICES = first_device .. + tp*dp), all loading at once; returns the
     healthy (name, ``ServedEngine``) pairs (the caller stops them). Raises ServerError, with the others stopped,
     if one fails."""
-    from megatron_elo.rollout.served import ServedEngine, vllm_server_command
+    from megatron_elo.rollout.served import ServedEngine, server_devices, vllm_server_command
 
     servers = []
     for name, model, engine in node_engines(cfg, node):
-        devices = list(range(engine.first_device, engine.first_device + engine.num_devices)) \
-            if cfg.cluster.device == "cuda" else None
+        devices = server_devices(engine, device=cfg.cluster.device)
         command = vllm_server_command(model.path, engine, port=engine.port, dtype=model.dtype, seed=cfg.seed, host="0.0.0.0")
         servers.append((name, ServedEngine(command, port=engine.port, devices=devices, startup_timeout_s=engine.startup_timeout_s,
                                            log_path=Path(log_dir) / f"{name}.log" if log_dir else None)))

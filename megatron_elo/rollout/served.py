@@ -60,9 +60,12 @@ def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtyp
 
 
 def server_devices(engine: EngineConfig, *, device: str) -> list[int] | None:
-    """CUDA devices a run-started server uses: the first tp*dp of its node, shared with the trainer
-    (placement=colocated, memory bounded by gpu_memory_utilization); None on CPU."""
-    return list(range(engine.num_devices)) if device == "cuda" else None
+    """CUDA devices a server uses on its node: tp*dp of them from first_device (placement=dedicated),
+    else the first tp*dp, shared with the trainer (memory bounded by gpu_memory_utilization); None on CPU."""
+    if device != "cuda":
+        return None
+    first = engine.first_device if engine.placement == "dedicated" else 0
+    return list(range(first, first + engine.num_devices))
 
 
 class ServedEngine:

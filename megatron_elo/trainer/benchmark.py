@@ -75,19 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the table (markdown) to this file")
 
 
-def _init_world(device: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    from megatron_elo.parallel.spawn import free_port
-
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
-
-
 def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str):
     from megatron_elo.models.gpt import build_gpt_model
     from megatron_elo.parallel.groups import build_process_groups
@@ -170,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         from kernels._runtime import enable_interpreter_without_cuda
 
         enable_interpreter_without_cuda()  # correct but slow: time the triton setting on the GPU
-    _init_world(args.device)
+    from megatron_elo.parallel.spawn import init_world_of_one
+
+    init_world_of_one("nccl" if args.device == "cuda" else "gloo")
     rows = [measure(args, kernels) for kernels in args.kernels]
     emit_table(format_table(rows, args), args.out)
     return 0
