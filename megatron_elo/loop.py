@@ -236,10 +236,11 @@ class EloEvolveRun:
         shards = Path(data.token_shards or Path(self.cfg.output_dir) / "prompt_tokens")
         if not (shards / "offsets.npy").is_file():
             log.info("pre-tokenizing %d prompts into %s", len(self.train_prompts), shards)
-            write_token_shards([self.tokenizer.encode_prompt(p) for p in self.train_prompts], shards)
+            write_token_shards([self.tokenizer.encode_prompt(p) for p in self.train_prompts], shards, prompts=self.train_prompts)
         device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         return DaliPromptLoader(self.train_prompts, shards, batch_size=self.cfg.rollout.prompts_per_step, seed=self.cfg.seed,
-                                shuffle=data.shuffle, pad_id=self.tokenizer.pad_id, device_id=device_id)
+                                shuffle=data.shuffle, pad_id=self.tokenizer.pad_id, device_id=device_id,
+                                encode=self.tokenizer.encode_prompt)
 
     # ------------------------------------------------------------ set-up
 

@@ -175,3 +175,20 @@ def test_dali_pipeline_gives_the_default_loaders_batches(tmp_path):
     assert resumed.next_batch(4) == default.next_batch(4)
     with pytest.raises(ValueError, match="shards hold 10 prompts, the prompt file 9"):
         DaliPromptLoader(PROMPTS[:9], tmp_path, batch_size=4, seed=3, shuffle=True, pad_id=0)
+
+
+def test_dali_refuses_shards_of_another_tokenizer_or_prompt_file(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from megatron_elo.data.dali import DaliPromptLoader, write_token_shards
+
+    def encode(prompt):  # stands in for the run's tokenizer + chat template
+        return [1, *(ord(ch) % 97 for ch in prompt.text)]
+
+    write_token_shards([encode(p) for p in PROMPTS], tmp_path, prompts=PROMPTS)
+    loader = DaliPromptLoader(PROMPTS, tmp_path, batch_size=2, seed=0, shuffle=False, pad_id=0, encode=encode)
+    assert loader.next_batch(2) == PROMPTS[:2] and loader.last_ids == [encode(p) for p in PROMPTS[:2]]
+    with pytest.raises(ValueError, match=r"row 0 .*another tokenizer; delete .* to re-tokenize"):
+        DaliPromptLoader(PROMPTS, tmp_path, batch_size=2, seed=0, shuffle=False, pad_id=0, encode=lambda p: [2, *encode(p)[1:]])
+    edited = [*PROMPTS[:-1], Prompt(prompt_id=PROMPTS[-1].prompt_id, text=PROMPTS[-1].text + "!")]  # same count, last row changed
+    with pytest.raises(ValueError, match="written for another prompt file"):
+        DaliPromptLoader(edited, tmp_path, batch_size=2, seed=0, shuffle=False, pad_id=0, encode=encode)

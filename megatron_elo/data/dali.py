@@ -5,7 +5,10 @@
     batch = loader.next_batch(64)        # the same Prompt rows as PromptLoader(prompts, seed=0, ...)
     loader.last_tokens                   # [64, L] int64, right-padded ids of that batch (GPU when present)
 
-Shards: ``tokens.npy`` (every prompt's ids concatenated, int32) and ``offsets.npy`` ([N + 1] int64).
+Shards: ``tokens.npy`` (every prompt's ids concatenated, int32), ``offsets.npy`` ([N + 1] int64) and
+``meta.json`` (prompt count, a digest of the prompts' ids and texts). Shards are only as good as the
+tokenizer that wrote them: given the run's ``encode``, the loader refuses shards of other prompts or
+of another tokenizer / chat template (digest, and the first rows re-encoded and compared).
 The pipeline's external source asks for batch i and returns the rows at absolute positions
 ``start + i * batch_size ...`` (``loader.rows_at``: the default loader's order), DALI pads them to the
 batch's longest row and, with a GPU, moves them to the device while the previous step runs
@@ -14,7 +17,9 @@ batch's longest row and, with a GPU, moves them to the device while the previous
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +29,20 @@ from megatron_elo.data.loader import PromptLoader, rows_at
 from megatron_elo.flow import Prompt
 
 
-def write_token_shards(token_rows: Sequence[Sequence[int]], out_dir: str | Path) -> Path:
-    """Store pre-tokenized prompts as ``tokens.npy`` + ``offsets.npy`` under ``out_dir``."""
+SPOT_CHECK_ROWS = 16  # rows re-encoded at start-up to catch a changed tokenizer or chat template
+
+
+def prompts_digest(prompts: Sequence[Prompt]) -> str:
+    """sha256 over every prompt's id and text, in file order: which prompt file the shards belong to."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(json.dumps([prompt.prompt_id, prompt.text]).encode())
+    return digest.hexdigest()
+
+
+def write_token_shards(token_rows: Sequence[Sequence[int]], out_dir: str | Path, *, prompts: Sequence[Prompt] | None = None) -> Path:
+    """Store pre-tokenized prompts as ``tokens.npy`` + ``offsets.npy`` (+ ``meta.json``) under ``out_dir``;
+    ``prompts`` (the rows' prompts, same order) lets loaders check the shards belong to their prompt file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(r) for r in token_rows], dtype=np.int64)
@@ -33,6 +50,8 @@ def write_token_shards(token_rows: Sequence[Sequence[int]], out_dir: str | Path)
         raise ValueError(f"prompt row {int(np.argmax(lengths == 0))} has no tokens")
     np.save(out / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
     np.save(out / "tokens.npy", np.concatenate([np.asarray(r, dtype=np.int32) for r in token_rows]))
+    meta = {"num_prompts": len(token_rows), "prompts_sha256": prompts_digest(prompts) if prompts is not None else None}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -40,7 +59,8 @@ class DaliPromptLoader(PromptLoader):
     """``PromptLoader``'s order and resumable position, batches read and padded by a DALI pipeline."""
 
     def __init__(self, prompts: list[Prompt], shard_dir: str | Path, *, batch_size: int, seed: int, shuffle: bool,
-                 pad_id: int, device_id: int | None = None, num_threads: int = 1):
+                 pad_id: int, device_id: int | None = None, num_threads: int = 1,
+                 encode: Callable[[Prompt], list[int]] | None = None):
         super().__init__(prompts, seed=seed, shuffle=shuffle)
         shard_dir = Path(shard_dir)
         self.offsets = np.load(shard_dir / "offsets.npy")
@@ -48,10 +68,28 @@ class DaliPromptLoader(PromptLoader):
         if len(self.offsets) != len(prompts) + 1:
             raise ValueError(f"{shard_dir}: shards hold {len(self.offsets) - 1} prompts, the prompt file {len(prompts)}; "
                              "re-run write_token_shards for this file")
+        if encode is not None:
+            self._check_shards_match(shard_dir, encode)
         self.batch_size, self.pad_id, self.device_id, self.num_threads = batch_size, pad_id, device_id, num_threads
         self.last_tokens: torch.Tensor | None = None
         self.last_rows: list[int] = []
         self._pipeline = None
+
+    def _check_shards_match(self, shard_dir: Path, encode: Callable[[Prompt], list[int]]) -> None:
+        """Raise ValueError when the shards hold other prompts (digest) or another tokenization (first rows)."""
+        fix = (f"delete {shard_dir} to re-tokenize (the run writes it again), or point data.token_shards at the "
+               f"shards of this prompt file and tokenizer")
+        meta_file = shard_dir / "meta.json"
+        recorded = json.loads(meta_file.read_text()).get("prompts_sha256") if meta_file.is_file() else None
+        if recorded is not None and recorded != prompts_digest(self.prompts):
+            raise ValueError(f"{shard_dir}: the token shards were written for another prompt file (prompt digest differs); {fix}")
+        for row in range(min(SPOT_CHECK_ROWS, len(self.prompts))):
+            stored = self.tokens[self.offsets[row]:self.offsets[row + 1]].tolist()
+            expected = list(encode(self.prompts[row]))
+            if stored != expected:
+                raise ValueError(f"{shard_dir}: row {row} ({self.prompts[row].prompt_id!r}) holds ids {stored[:12]}... but the "
+                                 f"run's tokenizer / chat template gives {expected[:12]}...: the shards were written with "
+                                 f"another tokenizer; {fix}")
 
     def _batch_source(self, start: int):
         def source(info):  # batch ``info.iteration`` of this pipeline: pure in the iteration (prefetch-safe)
