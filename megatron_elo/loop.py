@@ -78,9 +78,9 @@ class OpponentAnswers:
         self.cache: dict[str, dict[str, str]] = {}
         self.by_name = {o.name: o for o in cfg.opponents}
 
-    def _key(self, name: str, prompt: Prompt, greedy: bool) -> str:
+    def _key(self, name: str, prompt: Prompt, greedy: bool, seed: int) -> str:
         o = self.by_name[name]
-        return json.dumps([prompt.prompt_id, prompt.text, greedy, o.temperature, o.max_new_tokens, self.cfg.seed,
+        return json.dumps([prompt.prompt_id, prompt.text, greedy, o.temperature, o.max_new_tokens, seed,
                            str(Path(o.model.path or "").resolve())])
 
     def _load(self, name: str) -> dict[str, str]:
@@ -108,25 +108,27 @@ class OpponentAnswers:
             engine.close()
         self.engines.clear()
 
-    def answers(self, name: str, prompts: list[Prompt], *, greedy: bool = False) -> dict[str, Response]:
-        """{prompt_id: the opponent's answer}, generating only what the cache lacks."""
+    def answers(self, name: str, prompts: list[Prompt], *, greedy: bool = False, seed: int | None = None) -> dict[str, Response]:
+        """{prompt_id: the opponent's answer}, generating only what the cache lacks; sampled answers are
+        seeded by (``seed``, default the run's seed; opponent; prompt)."""
+        seed = self.cfg.seed if seed is None else seed
         cache = self._load(name)
-        missing = [p for p in prompts if self._key(name, p, greedy) not in cache]
+        missing = [p for p in prompts if self._key(name, p, greedy, seed) not in cache]
         if missing:
             o = self.by_name[name]
             tokenizer = self.tokenizers[name]
             settings = SamplingSettings(n=1, max_tokens=o.max_new_tokens, temperature=0.0 if greedy else o.temperature,
-                                        seed=self.cfg.seed, stop_token_ids=(tokenizer.eos_id,))
-            seeds = [stable_seed(self.cfg.seed, name, p.prompt_id) for p in missing]  # independent of batch make-up
+                                        seed=seed, stop_token_ids=(tokenizer.eos_id,))
+            seeds = [stable_seed(seed, name, p.prompt_id) for p in missing]  # independent of batch make-up
             samples = self._engine(name).generate([tokenizer.encode_prompt(p) for p in missing], settings, seeds)
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.dir / f"{name}.jsonl", "a") as f:
                 for prompt, group in zip(missing, samples, strict=True):
-                    key, text = self._key(name, prompt, greedy), tokenizer.decode(group[0].token_ids)
+                    key, text = self._key(name, prompt, greedy, seed), tokenizer.decode(group[0].token_ids)
                     cache[key] = text
                     f.write(json.dumps({"key": key, "text": text}) + "\n")
         return {p.prompt_id: Response(player=name, prompt_id=p.prompt_id, sample_index=0,
-                                      text=cache[self._key(name, p, greedy)]) for p in prompts}
+                                      text=cache[self._key(name, p, greedy, seed)]) for p in prompts}
 
 
 def player_tokenizer(cfg: RunConfig, model: ModelConfig) -> PromptTokenizer:
@@ -159,13 +161,14 @@ def load_prompt_sets(cfg: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalResult:
-    """Held-out win rate of the policy (greedy) against each eval opponent, noise-free judge."""
+    """Held-out win rate of the policy against each eval opponent, noise-free judge (greedy, or sampled
+    per ``eval.temperature``)."""
 
     step: int
     win_rate: float
     ci95: float  # half-width of the normal-approximation 95% interval
     per_opponent: dict[str, float]
-    exact: float  # fraction of held-out problems the policy answers exactly
+    exact: float  # fraction of the policy's held-out answers that are exact
 
 
 def win_rate_interval(wins: float, games: int) -> tuple[float, float]:
@@ -494,29 +497,35 @@ class EloEvolveRun:
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, step: int) -> EvalResult:
-        """Greedy policy vs each eval opponent's greedy answer, on the held-out prompts, noise-free
-        judge. Every rank generates its share; the driver judges; every rank gets the result."""
-        settings = SamplingSettings(n=1, max_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
+        """The policy vs each eval opponent on the held-out prompts, noise-free judge: greedy against
+        greedy answers, or (eval.temperature > 0) samples_per_prompt samples against one sampled answer
+        per opponent, seeded by eval.seed alike at every evaluation and in every run. Every rank
+        generates its share; the driver judges; every rank gets the result."""
+        spec = self.cfg.eval
+        settings = SamplingSettings(n=spec.samples_per_prompt, max_tokens=self.cfg.rollout.max_new_tokens,
+                                    temperature=spec.temperature, seed=stable_seed(spec.seed, "eval"),
                                     stop_token_ids=(self.tokenizer.eos_id,))
         groups = self._generate(self.eval_prompts, settings)
-        policy = [Response(player=POLICY, prompt_id=p.prompt_id, sample_index=0, text=self.tokenizer.decode(g[0].token_ids))
-                  for p, g in zip(self.eval_prompts, groups, strict=True)]
+        policy = [[Response(player=POLICY, prompt_id=p.prompt_id, sample_index=j, text=self.tokenizer.decode(s.token_ids))
+                   for j, s in enumerate(group)] for p, group in zip(self.eval_prompts, groups, strict=True)]
         return self._from_driver(self._judge_eval(step, policy) if self.is_driver else None)
 
-    def _judge_eval(self, step: int, policy: list[Response]) -> EvalResult:
+    def _judge_eval(self, step: int, policy: list[list[Response]]) -> EvalResult:
+        """policy: [prompts][samples] answers -> win rate over every (prompt, sample, opponent) game."""
         names = self.cfg.eval.opponents or [o.name for o in self.cfg.opponents]
+        greedy = self.cfg.eval.temperature == 0
         total_wins, total_games, per_opponent = 0.0, 0, {}
         rng = np.random.default_rng(0)
         for name in names:
-            answers = self.opponents.answers(name, self.eval_prompts, greedy=True)
-            games = [Game(game_id=i, prompt=p, policy=r, opponent=answers[p.prompt_id])
-                     for i, (p, r) in enumerate(zip(self.eval_prompts, policy, strict=True))]
+            answers = self.opponents.answers(name, self.eval_prompts, greedy=greedy, seed=self.cfg.eval.seed)
+            games = [Game(game_id=len(group) * i + j, prompt=p, policy=r, opponent=answers[p.prompt_id])
+                     for i, (p, group) in enumerate(zip(self.eval_prompts, policy, strict=True)) for j, r in enumerate(group)]
             verdicts = self.eval_judge.judge_pairs(games, rng)
             wins = sum(SCORE_OF_WINNER[v.winner] for v in verdicts)
             per_opponent[name] = wins / len(games)
             total_wins, total_games = total_wins + wins, total_games + len(games)
         rate, half = win_rate_interval(total_wins, total_games)
-        checkable = [(p, r) for p, r in zip(self.eval_prompts, policy, strict=True) if p.reference is not None]
+        checkable = [(p, r) for p, group in zip(self.eval_prompts, policy, strict=True) for r in group if p.reference is not None]
         exact = float(np.mean([r.text.strip() == p.reference for p, r in checkable])) if checkable else float("nan")
         return EvalResult(step=step, win_rate=rate, ci95=half, per_opponent=per_opponent, exact=exact)
 

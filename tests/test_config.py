@@ -184,6 +184,17 @@ def test_world_size_from_the_launcher_is_checked(monkeypatch):
     assert cfg.parallel.dp == 2
 
 
+def test_eval_sampling_settings_are_checked():
+    with pytest.raises(ConfigError) as excinfo:
+        tiny("eval.temperature=-0.5", "eval.samples_per_prompt=0")
+    text = problems_of(excinfo)
+    assert "eval.temperature: must be >= 0 (0 = greedy), got -0.5" in text
+    assert "eval.samples_per_prompt: must be >= 1, got 0" in text
+    with pytest.raises(ConfigError, match="eval.samples_per_prompt: greedy evaluation .* gives identical samples"):
+        tiny("eval.temperature=0", "eval.samples_per_prompt=4")
+    assert tiny("eval.temperature=0", "eval.samples_per_prompt=1").eval.temperature == 0
+
+
 def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
     with pytest.raises(ConfigError) as excinfo:
         tiny_random("parallel.tp=3", "cluster.devices_per_node=3", "model.arch.vocab_size=128",

@@ -143,12 +143,53 @@ def evaluate_checkpoint(rank, world_size, cfg, checkpoint):
 
 
 def test_eval_of_a_checkpoint_matches_the_runs_own(straight_and_resumed, players, tmp_path):
+    """Sampled evaluation (tiny_cpu.yaml's eval.temperature=1) is seeded alike every time: a checkpoint
+    evaluated in a new process scores what the run logged for it."""
     straight, _, resumed, cfg = straight_and_resumed
+    assert cfg.eval.temperature > 0 and cfg.eval.samples_per_prompt > 1
     final = run_distributed(evaluate_checkpoint, 1, cfg, None, timeout=600)[0]  # the newest checkpoint
     assert final.step == 4 and final.win_rate == resumed[0]["win_rate_after"]
-    untrained = run_distributed(evaluate_checkpoint, 1, small_config(tmp_path, players), None, timeout=600)[0]
+    untrained = run_distributed(evaluate_checkpoint, 1, small_config(tmp_path / "sampled", players), None, timeout=600)[0]
     assert untrained.step == 0 and untrained.win_rate == straight[0]["win_rate_before"]
     assert untrained.per_opponent.keys() == {"weak", "medium", "strong"}
+
+
+def hf_greedy_answers(model_dir: Path, prompts) -> list[str]:
+    """transformers' greedy answers to the addition prompts: the reference for the engine's."""
+    import transformers
+
+    from megatron_elo.tasks.arithmetic import CharTokenizer
+
+    tokenizer, model = CharTokenizer(), transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    answers = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode_prompt(prompt)])
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:].tolist()))
+    return answers
+
+
+def test_greedy_eval_scores_what_transformers_answers(players, tmp_path):
+    """eval.temperature=0: the greedy policy against each opponent's greedy answer, judged exactly;
+    the win rate equals one computed from transformers' greedy answers of the same checkpoints."""
+    from megatron_elo.loop import load_prompt_sets
+    from megatron_elo.tasks.arithmetic import answer_error
+
+    cfg = small_config(tmp_path, players)
+    raw = config_to_dict(cfg)
+    raw["eval"].update(temperature=0.0, samples_per_prompt=1)
+    cfg = validate(config_from_dict(raw))
+    result = run_distributed(evaluate_checkpoint, 1, cfg, None, timeout=600)[0]
+    prompts = load_prompt_sets(cfg)[1]
+    policy = hf_greedy_answers(players / "policy_init", prompts)
+    expected = {}
+    for name in ("weak", "medium", "strong"):
+        theirs = hf_greedy_answers(players / name, prompts)
+        errors = [(answer_error(a, p.reference), answer_error(b, p.reference)) for a, b, p in zip(policy, theirs, prompts)]
+        expected[name] = sum(1.0 if a < b else 0.0 if a > b else 0.5 for a, b in errors) / len(prompts)
+    assert result.per_opponent == pytest.approx(expected, abs=1e-12)
+    assert result.exact == pytest.approx(sum(a == p.reference for a, p in zip(policy, prompts)) / len(prompts))
 
 
 def test_mlflow_run_holds_everything_once(straight_and_resumed):

@@ -256,6 +256,13 @@ class EvalConfig:
     every_steps: int = opt(50, "Evaluate every N steps; 0 disables.")
     num_prompts: int = opt(200, "Held-out prompts per evaluation.")
     opponents: list[str] = opt(factory=list, help="Held-out opponent names (from `opponents`); empty: all.")
+    temperature: float = opt(0.0, "0: the greedy policy against each opponent's greedy answer. > 0: samples_per_prompt "
+                                  "policy samples at this temperature against one sampled answer per opponent (at the "
+                                  "opponent's own temperature): the regime training games are played in. The same seeds "
+                                  "at every evaluation, so evaluations differ only by the policy's weights.")
+    samples_per_prompt: int = opt(1, "Policy samples per held-out prompt; must be 1 when temperature is 0.")
+    seed: int = opt(0, "Sampling seed of evaluation (policy samples, opponents' sampled answers); apart from the "
+                       "run's seed, so runs of every seed and method are evaluated on the same draws.")
 
 
 @dataclass(kw_only=True)

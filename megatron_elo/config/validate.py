@@ -367,6 +367,11 @@ def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
         )
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
+    check.need(cfg.eval.temperature >= 0, f"eval.temperature: must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
+    check.need(cfg.eval.samples_per_prompt >= 1, f"eval.samples_per_prompt: must be >= 1, got {cfg.eval.samples_per_prompt}")
+    check.need(cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
+               f"eval.samples_per_prompt: greedy evaluation (eval.temperature=0) gives identical samples; set it to 1 "
+               f"or set eval.temperature > 0, got {cfg.eval.samples_per_prompt}")
     if cfg.judge.kind == "llm":
         check.need(cfg.judge.model is not None, "judge.model: an LLM judge (judge.kind=llm) needs a model")
     else:
