@@ -18,13 +18,25 @@ Winner = Literal["policy", "opponent", "tie"]
 SCORE_OF_WINNER: dict[str, float] = {"policy": 1.0, "opponent": 0.0, "tie": 0.5}  # the policy's Elo score S
 
 
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatMessage:
+    """One turn of a chat prompt."""
+
+    role: Role
+    content: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class Prompt:
-    """One prompt of the data set."""
+    """One prompt of the data set: a user turn (``text``), or a whole conversation (``messages``)."""
 
     prompt_id: str  # stable across runs (row id or content hash): keys the opponent-answer cache
-    text: str  # the user turn, before any chat template
+    text: str  # the user turn, before any chat template; with messages: the last user turn's content (what a judge is shown)
     reference: str | None = None  # checkable answer for verifiable tasks (programmatic judges)
+    messages: tuple[ChatMessage, ...] = ()  # a conversation ending in a user turn; empty: ``text`` is the only turn
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ import pytest
 
 from megatron_elo.data.loader import PromptLoader, dp_shard, rows_at
 from megatron_elo.data.prompts import PromptFields, PromptFileError, prompt_messages, read_prompts
-from megatron_elo.flow import Prompt
+from megatron_elo.flow import ChatMessage, Prompt
 
 ROWS = [
     {"id": "a", "question": "What is 2+2?", "answer": "4"},
@@ -50,9 +50,18 @@ def test_ids_without_an_id_field_are_stable_content_hashes(tmp_path):
 
 def test_messages_round_trip_and_text_gets_a_user_turn(tmp_path):
     prompts = read_prompts(write_jsonl(tmp_path / "p.jsonl", ROWS), fields=FIELDS)
+    assert prompts[1].messages == (ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Name a prime."))
+    assert prompts[1].text == "Name a prime."  # the last user turn: what a judge is shown
+    assert prompts[0].messages == () and prompts[0].text == "What is 2+2?"
     assert prompt_messages(prompts[1]) == ROWS[1]["question"]
+    assert prompt_messages(prompts[1], system_prompt="S") == ROWS[1]["question"]  # its own system turn wins
     assert prompt_messages(prompts[0], system_prompt="S") == [{"role": "system", "content": "S"},
                                                                {"role": "user", "content": "What is 2+2?"}]
+
+
+def test_a_text_prompt_that_looks_like_json_messages_stays_text():
+    looks_like = '[{"role": "user", "content": "hi"}]'  # e.g. a question about chat formats
+    assert prompt_messages(Prompt(prompt_id="x", text=looks_like)) == [{"role": "user", "content": looks_like}]
 
 
 @pytest.mark.parametrize("content, fields, message", [

@@ -240,7 +240,7 @@ class DataConfig:
     prompt_field: str = opt("prompt", "Field holding the prompt text (or chat messages).")
     id_field: str | None = opt("id", "Field holding a unique prompt id; rows without it get a hash of the prompt.")
     reference_field: str | None = opt(None, "Field holding a checkable answer (needed by programmatic judges).")
-    system_prompt: str | None = opt(None, "System message put before text prompts (chat template on).")
+    system_prompt: str | None = opt(None, "System message put first (chat template on), unless a conversation has its own system turn.")
     apply_chat_template: bool = opt(True, "Wrap prompts with each player's own tokenizer's chat template.")
     shuffle: bool = opt(True, "Shuffle every epoch (seeded).")
     loader: Literal["default", "dali"] = opt("default", "default: in-process; dali: NVIDIA DALI pipeline over pre-tokenized shards.")

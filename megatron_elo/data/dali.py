@@ -33,10 +33,10 @@ SPOT_CHECK_ROWS = 16  # rows re-encoded at start-up to catch a changed tokenizer
 
 
 def prompts_digest(prompts: Sequence[Prompt]) -> str:
-    """sha256 over every prompt's id and text, in file order: which prompt file the shards belong to."""
+    """sha256 over every prompt's id, text and messages, in file order: which prompt file the shards belong to."""
     digest = hashlib.sha256()
     for prompt in prompts:
-        digest.update(json.dumps([prompt.prompt_id, prompt.text]).encode())
+        digest.update(json.dumps([prompt.prompt_id, prompt.text, [[m.role, m.content] for m in prompt.messages]]).encode())
     return digest.hexdigest()
 
 

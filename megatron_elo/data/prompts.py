@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_elo.flow import Prompt
+from megatron_elo.flow import ChatMessage, Prompt
 
 
 class PromptFileError(ValueError):
@@ -65,9 +65,10 @@ def row_to_prompt(row: dict, fields: PromptFields, *, where: str) -> Prompt:
     reference = row.get(fields.reference) if fields.reference else None
     if fields.reference and reference is None:
         raise PromptFileError(f"{where}: no field {fields.reference!r} (data.reference_field); every row needs it")
+    messages = () if isinstance(value, str) else tuple(ChatMessage(role=m["role"], content=str(m["content"])) for m in value)
     return Prompt(prompt_id=str(prompt_id) if prompt_id is not None else _content_id(value),
-                  text=value if isinstance(value, str) else json.dumps(value),
-                  reference=None if reference is None else str(reference))
+                  text=value if isinstance(value, str) else messages[-1].content,
+                  reference=None if reference is None else str(reference), messages=messages)
 
 
 def _jsonl_rows(path: Path):
@@ -117,14 +118,9 @@ def read_prompts(path: str | Path, *, fields: PromptFields = PromptFields()) -> 
 
 
 def prompt_messages(prompt: Prompt, *, system_prompt: str | None = None) -> list[dict]:
-    """The chat messages of a prompt: its stored messages, or [system?, user] around its text."""
-    text = prompt.text
-    if text.startswith("[{"):
-        try:
-            messages = json.loads(text)
-        except json.JSONDecodeError:
-            messages = None
-        if isinstance(messages, list) and _messages_error(messages) is None:
-            return messages
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return head + [{"role": "user", "content": text}]
+    """The chat messages of a prompt, as chat templates take them: its conversation, or a user turn
+    of its text; ``system_prompt`` goes first unless the conversation has its own system turn."""
+    turns = [{"role": m.role, "content": m.content} for m in prompt.messages] or [{"role": "user", "content": prompt.text}]
+    if system_prompt and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": system_prompt})
+    return turns
