@@ -184,12 +184,7 @@ def test_world_size_from_the_launcher_is_checked(monkeypatch):
     assert cfg.parallel.dp == 2
 
 
-def test_eval_sampling_settings_are_checked():
-    with pytest.raises(ConfigError) as excinfo:
-        tiny("eval.temperature=-0.5", "eval.samples_per_prompt=0")
-    text = problems_of(excinfo)
-    assert "eval.temperature: must be >= 0 (0 = greedy), got -0.5" in text
-    assert "eval.samples_per_prompt: must be >= 1, got 0" in text
+def test_greedy_eval_takes_one_sample():
     with pytest.raises(ConfigError, match="eval.samples_per_prompt: greedy evaluation .* gives identical samples"):
         tiny("eval.temperature=0", "eval.samples_per_prompt=4")
     assert tiny("eval.temperature=0", "eval.samples_per_prompt=1").eval.temperature == 0
@@ -269,11 +264,12 @@ def test_batch_arithmetic():
 def test_range_checks_name_the_field():
     with pytest.raises(ConfigError) as excinfo:
         tiny("trainer.lr=0", "trainer.clip_low=1.5", "judge.noise=2", "algorithm.elo.temperature=0", "rollout.n_per_prompt=0",
-             "rollout.engine.gpu_memory_utilization=1.5")
+             "rollout.engine.gpu_memory_utilization=1.5", "eval.temperature=-0.5", "eval.samples_per_prompt=0")
     text = problems_of(excinfo)
     for fragment in ("trainer.lr: must be > 0", "trainer.clip_low: must be in [0, 1)", "judge.noise: must be a probability",
                      "algorithm.elo.temperature: must be > 0", "rollout.n_per_prompt: must be >= 1",
-                     "rollout.engine.gpu_memory_utilization: must be in (0, 1]"):
+                     "rollout.engine.gpu_memory_utilization: must be in (0, 1]",
+                     "eval.temperature: must be >= 0 (0 = greedy), got -0.5", "eval.samples_per_prompt: must be >= 1, got 0"):
         assert fragment in text
 
 

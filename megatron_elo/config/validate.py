@@ -88,6 +88,7 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
         "rollout.max_prompt_tokens": cfg.rollout.max_prompt_tokens,
         "rollout.engine.tp": cfg.rollout.engine.tp,
         "rollout.engine.dp": cfg.rollout.engine.dp,
+        "eval.samples_per_prompt": cfg.eval.samples_per_prompt,
     }
     for i, opponent in enumerate(cfg.opponents):
         positive[f"opponents.{i}.engine.tp"] = opponent.engine.tp
@@ -107,6 +108,7 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
     check.need(t.kl_coef >= 0, f"trainer.kl_coef: must be >= 0 (0 disables the KL term), got {t.kl_coef}")
     check.need(t.grad_clip >= 0, f"trainer.grad_clip: must be >= 0 (0 disables clipping), got {t.grad_clip}")
     check.need(t.warmup_steps >= 0, f"trainer.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    check.need(cfg.eval.temperature >= 0, f"eval.temperature: must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
     if t.kernels == "triton":
         import importlib.util
 
@@ -367,8 +369,6 @@ def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
         )
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
-    check.need(cfg.eval.temperature >= 0, f"eval.temperature: must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
-    check.need(cfg.eval.samples_per_prompt >= 1, f"eval.samples_per_prompt: must be >= 1, got {cfg.eval.samples_per_prompt}")
     check.need(cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
                f"eval.samples_per_prompt: greedy evaluation (eval.temperature=0) gives identical samples; set it to 1 "
                f"or set eval.temperature > 0, got {cfg.eval.samples_per_prompt}")
