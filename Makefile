@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.megatron-elo-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean gpu-wheels
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Wheels the lent GPU machine lacks (it has no network): megatron-core for Python 3.12, rich (progress and
+# logging), pytest and the bench-only peers; launch/gpu_checks.sh installs them there (carry .whl/, git-ignored).
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1 liger-kernel cut-cross-entropy \
+	  rich markdown-it-py mdurl pygments pytest pluggy iniconfig pytest-timeout
 
 lint: setup
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_elo.algorithms.base import Algorithm, outcome_matrix
+from megatron_elo.algorithms.base import Algorithm, no_signal_rates, outcome_matrix
 from megatron_elo.algorithms.methods import build_algorithm
 from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import ModelConfig, RunConfig
@@ -202,6 +202,7 @@ class StepGames:
     rewards: np.ndarray  # [P, n] reward per rollout
     valid: np.ndarray  # [P, n] bool: the rollout's game was decided
     probabilities: dict[str, float]  # opponent sampling probabilities this step
+    opponents: list[str | None]  # [P] the opponent each prompt was played against (None: point-wise)
 
 
 class EloEvolveRun:
@@ -419,7 +420,7 @@ class EloEvolveRun:
         rewards, valid = outcome_matrix(outcomes, [p.prompt_id for p in prompts], cfg.rollout.n_per_prompt)
         timings["judge"] = time.perf_counter() - clock
         return StepGames(games=games, verdicts=verdicts, outcomes=outcomes, rewards=rewards, valid=valid,
-                         probabilities=plan.probabilities)
+                         probabilities=plan.probabilities, opponents=plan.opponents)
 
     def step(self, step: int) -> dict[str, float]:
         """One full step (every rank calls it); returns its metrics on the driver, {} elsewhere."""
@@ -462,8 +463,10 @@ class EloEvolveRun:
             return group_advantages(rewards, valid, std_normalize=std_normalize)
         from kernels import token_advantages
 
-        no_tokens = torch.zeros(rewards.numel(), 0, dtype=torch.bool)
-        return token_advantages(rewards, valid, no_tokens, std_normalize=std_normalize)[0].reshape(rewards.shape)
+        device = self.trainer.device  # the kernel runs where the trainer does (CUDA, or the interpreter on CPU)
+        no_tokens = torch.zeros(rewards.numel(), 0, dtype=torch.bool, device=device)
+        advantages = token_advantages(rewards.to(device), valid.to(device), no_tokens, std_normalize=std_normalize)[0]
+        return advantages.reshape(rewards.shape).cpu()
 
     def _metrics(self, train_stats, played: StepGames, timings: dict[str, float], *, response_tokens: float) -> dict[str, float]:
         outcomes, rewards, valid, probabilities = played.outcomes, played.rewards, played.valid, played.probabilities
@@ -478,6 +481,8 @@ class EloEvolveRun:
         if isinstance(self.judge, LLMJudge):
             metrics.update(self.judge.stats.as_metrics())
         metrics.update({f"time/{k}": v for k, v in timings.items()})
+        metrics["no_signal_groups"], no_signal = no_signal_rates(rewards, valid, played.opponents)
+        metrics.update({f"no_signal_groups/{name}": rate for name, rate in no_signal.items()})
         for member in self.pool.members:
             mine = [o for o in outcomes if o.opponent == member.name and o.valid]
             metrics[f"elo/{member.name}"] = member.rating

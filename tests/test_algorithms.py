@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_elo.algorithms.base import outcome_matrix
+from megatron_elo.algorithms.base import groups_without_signal, no_signal_rates, outcome_matrix
 from megatron_elo.algorithms.methods import EloEvolve, PointScore, StaticPairwise, build_algorithm
 from megatron_elo.config.loader import load_config
 from megatron_elo.elo.pool import EloPool
@@ -80,6 +80,27 @@ def test_games_outcomes_and_elo_update_end_to_end():
     # Three valid games against a 1000-rated opponent from 1000: scores 1, 0, 0.5 -> mean change 0.
     deltas = algo.update_ratings(outcomes)
     assert deltas["policy"] == pytest.approx(0.0) and pool.member("medium").games == 3
+
+
+def test_groups_without_signal_are_those_whose_advantages_are_all_zero():
+    import torch
+
+    from megatron_elo.loss.reference import group_advantages
+
+    rewards = np.array([[1, 1, 1, 1], [0, 1, 0, 0], [0.5, 0.5, 1, 0.5], [1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]], float)
+    valid = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]], bool)
+    # all won; mixed; the only different reward is invalid; the loss is invalid; all lost; one valid sample
+    expected = [True, False, True, True, True, True]
+    assert groups_without_signal(rewards, valid).tolist() == expected
+    advantages = group_advantages(torch.tensor(rewards), torch.tensor(valid), std_normalize=True)
+    assert (advantages.abs().sum(dim=1) == 0).tolist() == expected
+    with pytest.raises(ValueError, match=r"must both be \[P, n\]"):
+        groups_without_signal(rewards, valid[:, :2])
+    overall, by_opponent = no_signal_rates(rewards, valid, ["weak", "medium", "weak", "strong", "weak", "medium"])
+    assert overall == pytest.approx(5 / 6) and by_opponent == pytest.approx({"weak": 1.0, "medium": 0.5, "strong": 1.0})
+    assert no_signal_rates(rewards, valid, [None] * 6) == (pytest.approx(5 / 6), {})
+    with pytest.raises(ValueError, match="5 opponents for 6 prompt groups"):
+        no_signal_rates(rewards, valid, [None] * 5)
 
 
 def test_point_method_rewards_are_scores():

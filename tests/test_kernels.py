@@ -24,7 +24,10 @@ from megatron_elo.parallel.spawn import run_distributed
 pytest.importorskip("triton")
 from kernels import fused_linear_logprobs_entropy, fused_policy_loss, token_advantages  # noqa: E402
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Where the kernels run: compiled on CUDA when present, else Triton's interpreter on CPU tensors
+# (conftest turns it on; with CUDA present it is off, so CPU tensors would be refused).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICES = [DEVICE]
 
 
 # ---------------------------------------------------------------- advantage
@@ -48,17 +51,18 @@ def test_token_advantages_match_reference(device, prompts, group, seq, std_norma
 
 
 def test_token_advantages_hand_values_and_bad_shapes():
-    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.5]])
-    valid = torch.tensor([[True, True, True, True], [True, False, False, False]])
-    seq_adv, token_adv = token_advantages(rewards, valid, torch.ones(8, 2, dtype=torch.bool), std_normalize=True, eps=0.0)
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.5]], device=DEVICE)
+    valid = torch.tensor([[True, True, True, True], [True, False, False, False]], device=DEVICE)
+    seq_adv, token_adv = token_advantages(rewards, valid, torch.ones(8, 2, dtype=torch.bool, device=DEVICE),
+                                          std_normalize=True, eps=0.0)
     # group 0: mean 0.5, unbiased std sqrt(1/3); group 1 has one valid game: nothing to compare against
     expected = torch.tensor([1, -1, 1, -1, 0, 0, 0, 0]) * 0.5 / (1 / 3) ** 0.5
-    torch.testing.assert_close(seq_adv, expected.float())
+    torch.testing.assert_close(seq_adv.cpu(), expected.float())
     assert torch.equal(token_adv[:, 0], token_adv[:, 1])
     with pytest.raises(ValueError, match=r"\[P\*n, T\]"):
-        token_advantages(rewards, valid, torch.ones(7, 2), std_normalize=True)
+        token_advantages(rewards, valid, torch.ones(7, 2, device=DEVICE), std_normalize=True)
     with pytest.raises(ValueError, match=r"must both be \[P, n\]"):
-        token_advantages(rewards.reshape(-1), valid.reshape(-1), torch.ones(8, 2), std_normalize=True)
+        token_advantages(rewards.reshape(-1), valid.reshape(-1), torch.ones(8, 2, device=DEVICE), std_normalize=True)
 
 
 # ---------------------------------------------------------------- fused linear log-prob + entropy
@@ -102,8 +106,8 @@ def test_fused_linear_logprobs_match_reference(device, tokens, hidden, vocab, tr
 
 
 def test_fused_linear_only_logprob_gradient_and_bad_input():
-    h, w, _, _ = _linear_case(9, 8, 40, seed=3)
-    targets = torch.arange(9) * 4
+    h, w, _, _ = _linear_case(9, 8, 40, seed=3, device=DEVICE)
+    targets = torch.arange(9, device=DEVICE) * 4
     h_k = h.clone().requires_grad_()
     lp, _ = fused_linear_logprobs_entropy(h_k, w, targets)
     lp.sum().backward()  # entropy unused: its incoming gradient is None
@@ -118,16 +122,17 @@ def test_fused_linear_only_logprob_gradient_and_bad_input():
         fused_linear_logprobs_entropy(h.double(), w, targets)
 
 
-def _tp_linear(rank, world_size, h, w, targets, grad_lp, grad_ent, true_vocab):
+def _tp_linear(rank, world_size, h, w, targets, grad_lp, grad_ent, true_vocab, device):
     import torch.distributed as dist
 
+    h, w, targets, grad_lp, grad_ent = (t.to(device) for t in (h, w, targets, grad_lp, grad_ent))
     local = w.shape[0] // world_size
     w_local = w[rank * local:(rank + 1) * local].clone().requires_grad_()
     h_local = h.clone().requires_grad_()
     lp, ent = fused_linear_logprobs_entropy(h_local, w_local, targets, tp_group=dist.group.WORLD, vocab_start=rank * local,
                                             true_vocab=true_vocab, chunk_elements=7 * local)
     (lp * grad_lp + ent * grad_ent).sum().backward()
-    return lp.detach(), ent.detach(), h_local.grad, w_local.grad
+    return lp.detach().cpu(), ent.detach().cpu(), h_local.grad.cpu(), w_local.grad.cpu()
 
 
 def test_fused_linear_logprobs_vocab_parallel_tp2():
@@ -137,7 +142,7 @@ def test_fused_linear_logprobs_vocab_parallel_tp2():
     h, w, grad_lp, grad_ent = _linear_case(tokens, hidden, vocab, seed=5, scale=2.0)
     targets = torch.randint(0, true_vocab, (tokens,), generator=torch.Generator().manual_seed(2))
     ref_lp, ref_ent, ref_gh, ref_gw = _reference_linear(h, w, targets, grad_lp, grad_ent, true_vocab)
-    results = run_distributed(_tp_linear, 2, h, w, targets, grad_lp, grad_ent, true_vocab)
+    results = run_distributed(_tp_linear, 2, h, w, targets, grad_lp, grad_ent, true_vocab, DEVICE)  # gloo: CPU or CUDA
     for lp, ent, grad_h, _ in results:
         torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
@@ -190,7 +195,7 @@ def test_fused_policy_loss_matches_reference(device, config, batch, seq, normali
 
 
 def test_fused_policy_loss_all_masked_and_bad_input():
-    logp, old, ref, entropy, mask, advantages = _loss_case(3, 10, seed=0)
+    logp, old, ref, entropy, mask, advantages = _loss_case(3, 10, seed=0, device=DEVICE)
     logp.requires_grad_()
     loss, stats = fused_policy_loss(logp, old, advantages, torch.zeros_like(mask), config=CONFIGS[1], ref_logprobs=ref,
                                     entropy=entropy)
@@ -254,7 +259,7 @@ def test_bench_kernels_prints_and_writes_every_row(tmp_path):
 
     out = tmp_path / "bench.md"
     assert main(["bench", "kernels", "--tokens", "8", "--hidden", "16", "--vocab", "50", "--seqs", "8", "--seq-len", "8",
-                 "--out", str(out)]) == 0
+                 "--peers", "torch", "--out", str(out)]) == 0
     table = out.read_text()
     for kernel in ("linear log-prob + entropy fwd+bwd", "log-prob + entropy stats from logits fwd",
                    "PG loss + KL + entropy fwd+bwd", "advantage + token broadcast"):

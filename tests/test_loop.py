@@ -186,10 +186,10 @@ def test_greedy_eval_scores_what_transformers_answers(players, tmp_path):
     expected = {}
     for name in ("weak", "medium", "strong"):
         theirs = hf_greedy_answers(players / name, prompts)
-        errors = [(answer_error(a, p.reference), answer_error(b, p.reference)) for a, b, p in zip(policy, theirs, prompts)]
+        errors = [(answer_error(a, p.reference), answer_error(b, p.reference)) for a, b, p in zip(policy, theirs, prompts, strict=True)]
         expected[name] = sum(1.0 if a < b else 0.0 if a > b else 0.5 for a, b in errors) / len(prompts)
     assert result.per_opponent == pytest.approx(expected, abs=1e-12)
-    assert result.exact == pytest.approx(sum(a == p.reference for a, p in zip(policy, prompts)) / len(prompts))
+    assert result.exact == pytest.approx(sum(a == p.reference for a, p in zip(policy, prompts, strict=True)) / len(prompts))
 
 
 def test_mlflow_run_holds_everything_once(straight_and_resumed):
@@ -205,7 +205,7 @@ def test_mlflow_run_holds_everything_once(straight_and_resumed):
     assert run.data.params["trainer.lr"] == str(cfg.trainer.lr) and "opponents.0.name" in run.data.params
     for key in ("loss", "kl", "entropy", "clip_fraction", "reward_mean", "elo/policy", "elo/medium", "p_select/strong",
                 "invalid_verdicts", "tokens_per_s", "time/generate", "time/opponent", "time/judge", "time/train",
-                "time/sync", "eval/win_rate", "eval/win_rate_ci95"):
+                "time/sync", "eval/win_rate", "eval/win_rate_ci95", "no_signal_groups"):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

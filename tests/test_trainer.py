@@ -45,7 +45,7 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
                       old_logprobs=old, ref_logprobs=ref)
 
 
-def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch"):
+def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch", device: str = "cpu"):
     import dataclasses
 
     import torch.distributed as dist
@@ -55,7 +55,7 @@ def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: s
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
     return build_policy_trainer(model_dir, layout, dataclasses.replace(TRAINER, kernels=kernels), total_steps=total_steps,
-                                pad_vocab_to_multiple_of=16)
+                                pad_vocab_to_multiple_of=16, device=device)
 
 
 def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
@@ -64,16 +64,16 @@ def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
     return next(batch.micro_batches(per)) if dp == 1 else list(batch.micro_batches(per))[d]
 
 
-def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch"):
-    """Gradients of the first batch, then the weights after one optimizer step per batch."""
-    trainer = _trainer(model_dir, tp, pp, kernels=kernels)
-    stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups))
+def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch", device="cpu"):
+    """Gradients of the first batch, then the weights after one optimizer step per batch (returned on the CPU)."""
+    trainer = _trainer(model_dir, tp, pp, kernels=kernels, device=device)
+    stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups).to(trainer.device))
     norm = trainer.grad_norm()
-    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    grads = {n: p.grad.cpu().clone() for n, p in trainer.model.named_parameters()}
     trainer.optimizer_step()
     for batch in batches[1:]:
-        trainer.train_step(_dp_slice(batch, trainer.groups))
-    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train_step(_dp_slice(batch, trainer.groups))  # on the CPU: train_step moves it
+    weights = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
     return trainer.groups.coords, stats, norm, grads, weights
 
 
@@ -100,6 +100,8 @@ def test_loss_grads_and_updates_match_the_single_process_run(model_dir, referenc
     """Every layout, with either loss-side implementation (fp32), against TP = PP = DP = 1 in torch."""
     if kernels == "triton":
         pytest.importorskip("triton")
+        if torch.cuda.is_available():  # the interpreter is off there; test_train_step_on_cuda_equals_the_cpu_step runs it
+            pytest.skip("CPU ranks run Triton through its interpreter, which is off where CUDA is present")
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
     results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, batches, kernels)
     grads, weights = _merge(results, tp, pp)
@@ -116,6 +118,23 @@ def test_loss_grads_and_updates_match_the_single_process_run(model_dir, referenc
         torch.testing.assert_close(weights[name][conditioned], ref_weights[name][conditioned], atol=2e-6, rtol=1e-4,
                                    msg=name)
     assert 0 < ref_stats["clip_fraction"] < 1 and ref_stats["kl"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
+    """The same two steps with the model on CUDA (fp32, inputs handed over on the CPU) as on the CPU:
+    every tensor the trainer allocates or reduces follows the model's device."""
+    batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
+    _, stats, norm, grads, weights = run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda")[0]
+    for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
+        assert stats[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
+    assert norm == pytest.approx(ref_norm, rel=1e-4)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+        conditioned = ref_grads[name].abs() > 1e-4  # see the layout test: Adam turns noise on ~0 grads into +-lr
+        torch.testing.assert_close(weights[name][conditioned], ref_weights[name][conditioned], atol=1e-5, rtol=1e-3,
+                                   msg=name)
 
 
 def test_gradient_equals_autograd_through_transformers(model_dir, reference):

@@ -112,3 +112,27 @@ def outcome_matrix(outcomes: Sequence[Outcome], prompt_ids: Sequence[str], n_per
         rewards[row[o.prompt_id], o.sample_index] = o.reward
         valid[row[o.prompt_id], o.sample_index] = o.valid
     return rewards, valid
+
+
+def groups_without_signal(rewards: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Which prompt groups give the policy no gradient: [P, n] rewards and validity -> [P] bool, True
+    where the group's valid rewards are all equal or fewer than two are valid, so every group-normalised
+    advantage of that prompt is 0 (e.g. all 8 samples beat the opponent)."""
+    if rewards.shape != valid.shape or rewards.ndim != 2:
+        raise ValueError(f"rewards {rewards.shape} and valid {valid.shape} must both be [P, n]")
+    highest = np.where(valid, rewards, -np.inf).max(axis=1)
+    lowest = np.where(valid, rewards, np.inf).min(axis=1)
+    return (valid.sum(axis=1) < 2) | (highest == lowest)
+
+
+def no_signal_rates(rewards: np.ndarray, valid: np.ndarray, opponents: Sequence[str | None]) -> tuple[float, dict[str, float]]:
+    """The fraction of prompt groups without signal (``groups_without_signal``) over all P prompts, and
+    per opponent over the prompts played against it (``opponents``: [P], None for point-wise prompts)."""
+    no_signal = groups_without_signal(rewards, valid)
+    if len(opponents) != len(no_signal):
+        raise ValueError(f"{len(opponents)} opponents for {len(no_signal)} prompt groups")
+    by_opponent = {}
+    for name in sorted({o for o in opponents if o is not None}):
+        played = np.array([o == name for o in opponents], dtype=bool)
+        by_opponent[name] = float(no_signal[played].mean())
+    return float(no_signal.mean()), by_opponent

@@ -28,7 +28,6 @@ import torch
 from megatron_elo.data.loader import PromptLoader, rows_at
 from megatron_elo.flow import Prompt
 
-
 SPOT_CHECK_ROWS = 16  # rows re-encoded at start-up to catch a changed tokenizer or chat template
 
 

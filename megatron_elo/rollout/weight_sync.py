@@ -113,6 +113,7 @@ def _stage_shards(model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfi
             yield name, param.detach()
         return
     start = stage_layers(arch.num_layers, pp_rank=groups.coords.pp_rank, pp=groups.layout.pp).start
+    device = params[0][1].device  # NCCL broadcasts CUDA tensors only
     for stage in range(groups.layout.pp):  # each stage in turn hands its TP shards to its PP group
         mine = groups.coords.pp_rank == stage
         src = groups.layout.rank_of(tp_rank=groups.coords.tp_rank, dp_rank=groups.coords.dp_rank, pp_rank=stage)
@@ -120,7 +121,7 @@ def _stage_shards(model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfi
         dist.broadcast_object_list(manifest, src=src, group=groups.pp)
         local = iter(params)
         for global_name, shape, dtype in manifest[0]:
-            buffer = next(local)[1].detach().contiguous() if mine else torch.empty(shape, dtype=dtype)
+            buffer = next(local)[1].detach().contiguous() if mine else torch.empty(shape, dtype=dtype, device=device)
             dist.broadcast(buffer, src=src, group=groups.pp)
             if not mine:
                 stats.received_bytes += buffer.nbytes

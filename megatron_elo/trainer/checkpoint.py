@@ -40,11 +40,16 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
@@ -99,12 +104,14 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
                          f"pp={layout.pp}; set parallel.tp/pp to match (DP may differ)")
     if meta["arch"] != dataclasses.asdict(trainer.arch):
         raise ValueError(f"{path} holds a different architecture than model.arch; point checkpointing at a fresh directory")
-    shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", weights_only=False)
+    # onto the CPU first: load_state_dict copies into the parameters' device (and the optimizer moves its
+    # state there), where tensors saved from cuda:0 would otherwise all land on this node's first GPU
+    shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", map_location="cpu", weights_only=False)
     trainer.model.load_state_dict(shard["model"])
     trainer.optimizer.load_state_dict(shard["optimizer"])
     trainer.scheduler.load_state_dict(shard["scheduler"])
     trainer.step = shard["step"]
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta["extra"]

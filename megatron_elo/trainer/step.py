@@ -45,6 +45,11 @@ class TrainBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def to(self, device: torch.device) -> TrainBatch:
+        """This batch with every tensor on ``device`` (the trainer's; a no-op when already there)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
     def micro_batches(self, size: int) -> Iterator[TrainBatch]:
         """Consecutive slices of ``size`` sequences (the last may be shorter)."""
         for start in range(0, len(self), size):
@@ -82,7 +87,11 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, 
 
 
 class PolicyTrainer:
-    """Owns this rank's model shard, its optimizer and schedule, and the step counter."""
+    """Owns this rank's model shard, its optimizer and schedule, and the step counter.
+
+    Inputs may live on any device: the trainer moves them to its model's (``self.device``) and keeps
+    every tensor it hands to a collective there (NCCL takes only CUDA tensors, gloo both).
+    """
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
                  padded_vocab: int, total_steps: int):
@@ -95,6 +104,7 @@ class PolicyTrainer:
         if self.fused:
             import kernels.linear_logprob  # noqa: F401  (fail at start-up, not at the first step, if triton is missing)
         self.local_vocab = padded_vocab // groups.layout.tp
+        self.device = next(model.parameters()).device
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         # megatron-core marks TP-sharded tensors only when it initialises them; ask the mapping table
@@ -120,7 +130,8 @@ class PolicyTrainer:
         positions = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
         received = None
         if not self.groups.is_first_stage:
-            received = torch.empty(seq, batch, self.arch.hidden_size, dtype=next(self.model.parameters()).dtype)
+            received = torch.empty(seq, batch, self.arch.hidden_size, dtype=next(self.model.parameters()).dtype,
+                                   device=self.device)
             dist.recv(received, src=self._pp_peer(-1))
             received.requires_grad_(torch.is_grad_enabled())
             self.model.set_input_tensor(received)
@@ -154,19 +165,20 @@ class PolicyTrainer:
 
     @torch.no_grad()
     def compute_logprobs(self, tokens: torch.Tensor, *, micro_batch_size: int | None = None) -> torch.Tensor | None:
-        """log p(token_t | tokens_<t) [B, S] under the current weights (0 at t = 0); returned on the
-        last pipeline stage, None on the others."""
+        """log p(token_t | tokens_<t) [B, S] under the current weights (0 at t = 0), on ``tokens``'
+        device; returned on the last pipeline stage, None on the others."""
         self.model.eval()
         outputs = []
-        for start in range(0, tokens.shape[0], micro_batch_size or self.config.micro_batch_size):
-            chunk = tokens[start:start + (micro_batch_size or self.config.micro_batch_size)]
+        size = micro_batch_size or self.config.micro_batch_size
+        for start in range(0, tokens.shape[0], size):
+            chunk = tokens[start:start + size].to(self.device)
             output, _ = self._stage_forward(chunk)
             if not self.groups.is_last_stage:
                 dist.send(output.contiguous(), dst=self._pp_peer(+1))
                 continue
             outputs.append(self._token_logprobs(output, chunk, with_entropy=False)[0])
         self.model.train()
-        return torch.cat(outputs) if outputs else None
+        return torch.cat(outputs).to(tokens.device) if outputs else None
 
     # ------------------------------------------------------------ the step
 
@@ -184,13 +196,14 @@ class PolicyTrainer:
         """Accumulate gradients of the whole batch and synchronise them (DP sum, tied embeddings).
         Returns the summed loss statistics (before the optimizer step)."""
         normalizer = self._loss_normalizer(batch)
-        totals = torch.zeros(5, dtype=torch.float64)  # loss, pg, kl, entropy, clipped-token count
+        totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, pg, kl, entropy, clipped-token count
         for micro in batch.micro_batches(self.config.micro_batch_size):
             output, received = self._stage_forward(micro.tokens)
             if self.groups.is_last_stage:
                 loss, stats, clipped = self._micro_loss(output, micro, normalizer)
                 loss.backward()
-                totals += torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64)
+                totals += torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64,
+                                       device=self.device)
             else:
                 dist.send(output.detach().contiguous(), dst=self._pp_peer(+1))
                 grad = torch.empty_like(output)
@@ -219,7 +232,7 @@ class PolicyTrainer:
     def _share_stats(self, totals: torch.Tensor, batch: TrainBatch) -> dict[str, float]:
         """Sum loss statistics over DP ranks (each already divided by the global normalizer) and
         give every pipeline stage the last stage's numbers."""
-        totals = torch.cat([totals, batch.response_mask.sum().to(torch.float64).reshape(1)])
+        totals = torch.cat([totals, batch.response_mask.sum().to(totals.device, torch.float64).reshape(1)])
         if self.groups.layout.pp > 1:
             if not self.groups.is_last_stage:
                 totals.zero_()
@@ -256,7 +269,7 @@ class PolicyTrainer:
     def grad_norm(self) -> float:
         """Global L2 norm of the gradient over the whole model: TP-sharded tensors summed over TP,
         replicated ones counted once, stages summed over PP, the tied copy on the last stage skipped."""
-        squares = torch.zeros(1, dtype=torch.float64)
+        squares = torch.zeros(1, dtype=torch.float64, device=self.device)
         skip = self.model.output_layer.weight if (self._tied_embedding() is not None and not self.groups.is_first_stage) else None
         for p in self.params:
             if p is skip:
@@ -285,7 +298,7 @@ class PolicyTrainer:
         if len(batch) == 0:
             raise ValueError("empty TrainBatch: every DP rank needs at least one sequence")
         self.model.train()
-        summed = self.forward_backward(batch)
+        summed = self.forward_backward(batch.to(self.device))
         norm, lr = self.optimizer_step()
         return StepStats(loss=summed["loss"], pg_loss=summed["pg_loss"], kl=summed["kl"], entropy=summed["entropy"],
                          clip_fraction=summed["clip_fraction"], grad_norm=norm, lr=lr,
