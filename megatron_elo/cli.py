@@ -328,10 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, with KEY=VALUE overrides allowed anywhere after the config (argparse alone stops
+    collecting positionals at the first option: ``compare CONFIG --seeds 1 trainer.lr=1e-6``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in token and not token.startswith("-") for token in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``megatron-elo`` console script; returns the exit code."""
     log = setup_logging(rank=int(os.environ.get("RANK", "0")))
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return args.handler(args)
     except ConfigError as err:

@@ -3,13 +3,16 @@
     megatron-elo compare configs/tiny_cpu.yaml --seeds 3 [KEY=VALUE ...]
 
 Each (method, seed) is a separate ``megatron-elo train`` process (so engines never pile up in one
-process), named ``compare_<method>_s<seed>`` under the config's output_dir; finished runs are reused.
+process), named ``compare_<method>_s<seed>`` under the config's output_dir; finished runs are reused
+when their resolved config is the one this comparison would train with (else it stops and says which
+keys differ: delete those runs or pick another output_dir).
 The table (final held-out win rate mean and std, steps to reach the target win rate) is printed and
 written to ``<output_dir>/compare.md`` and ``compare.json``, and logged to MLflow as run "compare".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -17,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_elo.config.loader import dump_yaml, flatten
 from megatron_elo.config.schema import RunConfig
 from megatron_elo.utils.logging import get_logger, progress_bar
 
@@ -46,10 +50,32 @@ def steps_to_target(evals: list[dict], target: float) -> int | None:
     return next((e["step"] for e in evals if e["win_rate"] >= target), None)
 
 
-def run_one(config: str, overrides: list[str], method: str, seed: int, output_dir: str) -> dict:
-    """Train one (method, seed) in a child process, or reuse its finished summary."""
-    run_name = f"compare_{method}_s{seed}"
-    summary_file = Path(output_dir) / run_name / "summary.json"
+def child_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
+    """The config the (method, seed) child run trains with."""
+    return dataclasses.replace(cfg, seed=seed, run_name=f"compare_{method}_s{seed}",
+                               algorithm=dataclasses.replace(cfg.algorithm, name=method))
+
+
+def config_differences(expected: RunConfig, resolved_yaml: str) -> list[str]:
+    """Dotted keys whose value in a run's ``resolved_config.yaml`` differs from ``expected``'s."""
+    import yaml
+
+    want, have = flatten(yaml.safe_load(dump_yaml(expected))), flatten(yaml.safe_load(resolved_yaml))
+    return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+
+
+def run_one(config: str, overrides: list[str], method: str, seed: int, cfg: RunConfig) -> dict:
+    """Train one (method, seed) in a child process, or reuse its finished summary when it was trained
+    with the same resolved config (ValueError naming the keys otherwise)."""
+    expected = child_config(cfg, method, seed)
+    run_name = expected.run_name
+    run_dir = Path(cfg.output_dir) / run_name
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file() and (run_dir / "resolved_config.yaml").is_file():
+        differing = config_differences(expected, (run_dir / "resolved_config.yaml").read_text())
+        if differing:
+            raise ValueError(f"{run_dir} is a finished run of another config ({', '.join(differing[:8])} differ): delete "
+                             f"the compare_* runs there to train them again, or set output_dir to a new directory")
     if not summary_file.is_file():
         command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, f"algorithm.name={method}",
                    f"seed={seed}", f"run_name={run_name}"]
@@ -67,7 +93,7 @@ def compare(cfg: RunConfig, config: str, overrides: list[str], *, seeds: int,
     with progress_bar(total=len(METHODS) * seeds, description="compare") as bar:
         for seed in range(cfg.seed, cfg.seed + seeds):
             for method in METHODS:
-                summaries[method].append(run_one(config, overrides, method, seed, cfg.output_dir))
+                summaries[method].append(run_one(config, overrides, method, seed, cfg))
                 bar.advance()
     start = summaries[METHODS[0]][0]["win_rate_before"]
     goal = target if target is not None else start + 0.05

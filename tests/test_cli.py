@@ -44,6 +44,14 @@ def test_dry_run_prints_config_and_layout_and_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overrides_may_follow_options(tmp_path, capsys):
+    assert main(["train", TINY, "--dry-run", f"output_dir={tmp_path}", "trainer.steps=9"]) == 0
+    assert "steps: 9" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", TINY, "--dry-run", "--no-such-option"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_bad_config_exits_2_with_the_field_named(capsys):
     assert main(["train", TINY, "trainer.lrr=1", "--dry-run"]) == EXIT_BAD_CONFIG
     assert "trainer.lrr: unknown key; did you mean trainer.lr?" in capsys.readouterr().err

@@ -296,8 +296,8 @@ def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
     """`megatron-elo compare` on a 2-step budget: one child run per method, a table, files, an MLflow run."""
     import yaml
 
-    from megatron_elo.cli import main
-    from megatron_elo.compare import steps_to_target
+    from megatron_elo.cli import load_and_validate, main
+    from megatron_elo.compare import child_config, compare, config_differences, steps_to_target
 
     cfg = small_config(tmp_path, players)
     config_file = tmp_path / "small.yaml"
@@ -315,6 +315,13 @@ def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
         assert f"| {method} |" in out
         assert (tmp_path / "out" / f"compare_{method}_s1234" / "summary.json").is_file()
     assert (tmp_path / "out" / "compare.md").read_text().strip() in out
+    # Finished runs are reused only for the config they were trained with.
+    same, changed = load_and_validate(str(config_file), []), load_and_validate(str(config_file), ["trainer.lr=1e-3"])
+    for method in ("point", "static_pairwise", "elo_evolve"):
+        resolved = (tmp_path / "out" / f"compare_{method}_s1234" / "resolved_config.yaml").read_text()
+        assert config_differences(child_config(same, method, 1234), resolved) == []
+    with pytest.raises(ValueError, match=r"compare_point_s1234 is a finished run of another config \(trainer.lr differ\)"):
+        compare(changed, str(config_file), ["trainer.lr=1e-3"], seeds=1, target=0.0)
     assert steps_to_target([{"step": 0, "win_rate": 0.3}, {"step": 5, "win_rate": 0.5}], 0.4) == 5
     assert steps_to_target([{"step": 0, "win_rate": 0.3}], 0.4) is None
 

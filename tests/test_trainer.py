@@ -126,7 +126,8 @@ def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
     """The same two steps with the model on CUDA (fp32, inputs handed over on the CPU) as on the CPU:
     every tensor the trainer allocates or reduces follows the model's device."""
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
-    _, stats, norm, grads, weights = run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda")[0]
+    _, stats, norm, grads, weights = run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda",
+                                                     backend="nccl")[0]
     for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
         assert stats[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
     assert norm == pytest.approx(ref_norm, rel=1e-4)

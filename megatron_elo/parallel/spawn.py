@@ -31,11 +31,11 @@ def init_world_of_one(backend: str) -> None:
     dist.init_process_group(backend, rank=0, world_size=1)
 
 
-def _worker(rank: int, world_size: int, port: int, fn, args, queue) -> None:
+def _worker(rank: int, world_size: int, port: int, backend: str, fn, args, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))  # one node: vLLM's external_launcher reads LOCAL_RANK
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
         buffer = io.BytesIO()  # bytes, not shared-memory tensors: those vanish when this process exits
         torch.save(fn(rank, world_size, *args), buffer)
         queue.put((rank, "ok", buffer.getvalue()))
@@ -46,8 +46,9 @@ def _worker(rank: int, world_size: int, port: int, fn, args, queue) -> None:
             dist.destroy_process_group()
 
 
-def run_distributed(fn, world_size: int, *args, timeout: float = 300.0) -> list:
-    """``fn(rank, world_size, *args)`` on every rank; returns the results in rank order.
+def run_distributed(fn, world_size: int, *args, timeout: float = 300.0, backend: str = "gloo") -> list:
+    """``fn(rank, world_size, *args)`` on every rank; returns the results in rank order (return
+    CPU tensors). ``backend``: gloo (CPU tests), or nccl for one process per GPU.
 
     ``fn`` must be a module-level function (spawn pickles it by name). A failure on any rank is
     re-raised here with that rank's traceback.
@@ -55,7 +56,7 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 300.0) -> list:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, fn, args, queue)) for r in range(world_size)]
     for p in procs:
         p.start()
     results: dict[int, object] = {}
