@@ -18,9 +18,9 @@
 #            Qwen2.5-1.5B shape (issue #6).
 set -uo pipefail
 part=${1:?usage: $0 kernels|trainer|reshard}
+cd "$(dirname "$0")/.."
 out=${OUT:-gpu_results}
 mkdir -p "$out"
-cd "$(dirname "$0")/.."
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
