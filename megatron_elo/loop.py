@@ -317,13 +317,14 @@ class EloEvolveRun:
     def _opponent_tokenizers(self) -> dict[str, PromptTokenizer]:
         return {o.name: player_tokenizer(self.cfg, o.model) for o in self.cfg.opponents}
 
-    def _build_trainer(self, model: ModelConfig) -> PolicyTrainer:
+    def _build_trainer(self, model: ModelConfig, *, frozen: bool = False) -> PolicyTrainer:
         from megatron_elo.parallel.layout import ParallelLayout
         from megatron_elo.trainer.build import build_policy_trainer
 
         return build_policy_trainer(model.path, ParallelLayout.from_config(self.cfg), self.cfg.trainer,
-                                    total_steps=self.cfg.trainer.steps, dtype=model.dtype, device=self.cfg.cluster.device,
-                                    pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of)
+                                    total_steps=self.cfg.trainer.steps, dtype=self.cfg.trainer.precision,
+                                    device=self.cfg.cluster.device,
+                                    pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of, frozen=frozen)
 
     # ------------------------------------------------------------ one step
 
@@ -658,7 +659,7 @@ class EloEvolveRun:
             (self.run_dir / "resolved_config.yaml").write_text(dump_yaml(self.cfg))
             self.loader = self._make_loader()
         self.trainer = self._build_trainer(self.cfg.model)
-        self.reference = self._build_trainer(self.cfg.model) if self.cfg.trainer.kl_coef > 0 else None
+        self.reference = self._build_trainer(self.cfg.model, frozen=True) if self.cfg.trainer.kl_coef > 0 else None
         resumed = self._resume()
         tracker = make_tracker(self.cfg.tracking, rank=self.rank, output_dir=self.cfg.output_dir, run_name=self.cfg.run_name,
                                run_id=self.state.mlflow_run_id)

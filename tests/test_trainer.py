@@ -45,7 +45,8 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
                       old_logprobs=old, ref_logprobs=ref)
 
 
-def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch", device: str = "cpu"):
+def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch", device: str = "cpu",
+             precision: str = "fp32", lr: float = TRAINER.lr):
     import dataclasses
 
     import torch.distributed as dist
@@ -54,8 +55,9 @@ def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: s
     from megatron_elo.trainer.build import build_policy_trainer
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
-    return build_policy_trainer(model_dir, layout, dataclasses.replace(TRAINER, kernels=kernels), total_steps=total_steps,
-                                pad_vocab_to_multiple_of=16, device=device)
+    config = dataclasses.replace(TRAINER, kernels=kernels, precision=precision, lr=lr)
+    return build_policy_trainer(model_dir, layout, config, total_steps=total_steps, pad_vocab_to_multiple_of=16, device=device,
+                                dtype=precision)
 
 
 def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
@@ -175,29 +177,56 @@ def test_lr_schedule_hand_values():
         lr_factor(5, schedule="step", **kw)
 
 
-def straight_or_resumed(rank, world_size, model_dir, batches, ckpt_root, resume_after):
+def straight_or_resumed(rank, world_size, model_dir, batches, ckpt_root, resume_after, precision="fp32"):
     """Train on every batch; if ``resume_after`` is set, save after that many steps, build a fresh
-    trainer, load, and continue. Returns the final weights and the step counter."""
+    trainer, load, and continue. Returns the step counter, the final weights (and fp32 main weights
+    when mixed precision keeps them) and a draw from the RNG."""
     from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     torch.manual_seed(123)
-    trainer = _trainer(model_dir, 1, 1)
+    trainer = _trainer(model_dir, 1, 1, precision=precision)
     for i, batch in enumerate(batches):
         if resume_after is not None and i == resume_after:
             save_checkpoint(trainer, ckpt_root, extra={"data_position": i}, keep_last=1)
-            trainer = _trainer(model_dir, 1, 1)  # fresh weights: everything must come from disk
+            trainer = _trainer(model_dir, 1, 1, precision=precision)  # fresh weights: everything must come from disk
             assert load_checkpoint(trainer, latest_checkpoint(ckpt_root)) == {"data_position": i}
         trainer.train_step(_dp_slice(batch, trainer.groups))
-    return trainer.step, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, torch.rand(3)
+    main = [m.detach().clone() for m in trainer.main_params] if trainer.main_params is not None else []
+    return trainer.step, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, torch.rand(3), main
 
 
-def test_resume_is_bit_exact(model_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_bit_exact(model_dir, tmp_path, precision):
     batches = [make_batch(model_dir, seed=s) for s in range(4)]
-    straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None)[0]
-    resumed = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2)[0]
+    straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None, precision)[0]
+    resumed = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2, precision)[0]
     assert straight[0] == resumed[0] == 4
     assert all(torch.equal(straight[1][k], resumed[1][k]) for k in straight[1])
     assert torch.equal(straight[2], resumed[2])  # RNG state restored too
+    assert len(straight[3]) == (0 if precision == "fp32" else len(straight[1]))  # bf16: fp32 main weights, saved too
+    assert all(torch.equal(a, b) for a, b in zip(straight[3], resumed[3], strict=True))
+
+
+def one_bf16_step(rank, world_size, model_dir, batch, lr):
+    trainer = _trainer(model_dir, 1, 1, precision="bf16", lr=lr)
+    before = [p.detach().float().clone() for p in trainer.params]
+    trainer.train_step(batch)
+    return before, [p.detach().clone() for p in trainer.params], [m.detach().clone() for m in trainer.main_params]
+
+
+def test_bf16_training_keeps_fp32_main_weights(model_dir):
+    """A step smaller than bf16's spacing moves the fp32 main weights (AdamW: about lr per element)
+    while most bf16 weights round back to where they were; the model holds the main weights rounded."""
+    lr = 1e-5
+    before, model_weights, main = run_distributed(one_bf16_step, 1, model_dir, make_batch(model_dir), lr)[0]
+    # megatron-core's local-spec norms keep fp32 weights whatever params_dtype is; every linear is bf16
+    assert sum(w.dtype == torch.bfloat16 for w in model_weights) > len(model_weights) / 2
+    assert all(m.dtype == torch.float32 for m in main)
+    assert all(torch.equal(w, m.to(w.dtype)) for w, m in zip(model_weights, main, strict=True))
+    moved = torch.cat([(m - b).abs().flatten() for m, b in zip(main, before, strict=True)])
+    assert moved.max() <= 1.01 * lr and (moved > 0.5 * lr).float().mean() > 0.8
+    rounded_moved = torch.cat([(w.float() != b).flatten() for w, b in zip(model_weights, before, strict=True)])
+    assert rounded_moved.float().mean() < 0.5  # what stepping the bf16 weights themselves would have kept, at most
 
 
 def save_then_report(rank, world_size, model_dir, batch, ckpt_root):
@@ -225,10 +254,10 @@ def test_resume_with_a_different_dp_size(model_dir, tmp_path):
         assert torch.equal(optimizer["state"][key]["exp_avg"], state["exp_avg"])
 
 
-def load_wrong_layout(rank, world_size, model_dir, ckpt_root):
+def load_wrong_layout(rank, world_size, model_dir, ckpt_root, precision="fp32"):
     from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
 
-    trainer = _trainer(model_dir, 2, 1)
+    trainer = _trainer(model_dir, world_size, 1, precision=precision)
     try:
         load_checkpoint(trainer, latest_checkpoint(ckpt_root))
     except ValueError as err:
@@ -240,6 +269,8 @@ def test_resume_refuses_another_tp_and_incomplete_dirs(model_dir, tmp_path):
     run_distributed(save_then_report, 1, model_dir, make_batch(model_dir), str(tmp_path))
     messages = run_distributed(load_wrong_layout, 2, model_dir, str(tmp_path))
     assert all("written with tp=1 pp=1, this run has tp=2 pp=1" in m for m in messages)
+    message = run_distributed(load_wrong_layout, 1, model_dir, str(tmp_path), "bf16")[0]
+    assert "has no fp32 main weights (written by an fp32 trainer); resume with trainer.precision=fp32" in message
     (tmp_path / "step_00000009").mkdir()
     from megatron_elo.trainer.checkpoint import latest_checkpoint
 

@@ -142,7 +142,8 @@ class TrainerConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = opt("token_mean", "token_mean: mean over all response tokens; seq_mean: mean per sequence, then over sequences.")
     std_normalize: bool = opt(True, "Divide group-centred rewards by the group std (GRPO); False: Dr.GRPO-style centring only.")
     kernels: Literal["torch", "triton"] = opt("torch", "Loss-side implementation: torch reference or fused Triton kernels.")
-    precision: Dtype = opt("bf16", "Training compute dtype.")
+    precision: Dtype = opt("bf16", "Dtype of the trainer's Megatron model (weights and compute); bf16 / fp16 keep fp32 "
+                                   "main weights and Adam state in the optimizer (mixed precision).")
 
 
 @dataclass(kw_only=True)

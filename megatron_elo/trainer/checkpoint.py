@@ -2,7 +2,8 @@
 
     <dir>/step_00000010/
         meta.json                 step, layout, arch (written last: a directory without it is incomplete)
-        shard_tp0_pp0.pt ...      model + optimizer + scheduler state of each (tp, pp) shard (DP rank 0 writes)
+        shard_tp0_pp0.pt ...      model + optimizer (+ fp32 main weights) + scheduler state of each (tp, pp)
+                                  shard (DP rank 0 writes)
         rng_rank0.pt ...          each rank's torch / numpy / python RNG states
 
 Shards are identical across DP ranks (no distributed optimizer on this path), so a checkpoint
@@ -70,7 +71,8 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     dist.barrier()
     if c.dp_rank == 0:
         torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                    "scheduler": trainer.scheduler.state_dict(), "step": trainer.step},
+                    "scheduler": trainer.scheduler.state_dict(), "step": trainer.step,
+                    "main_params": [m.detach() for m in trainer.main_params] if trainer.main_params is not None else None},
                    tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
     dist.barrier()
@@ -108,6 +110,13 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
     # state there), where tensors saved from cuda:0 would otherwise all land on this node's first GPU
     shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", map_location="cpu", weights_only=False)
     trainer.model.load_state_dict(shard["model"])
+    if trainer.main_params is not None:  # the fp32 weights themselves: the bf16 model holds them rounded
+        if shard.get("main_params") is None:
+            raise ValueError(f"{path} has no fp32 main weights (written by an fp32 trainer); resume with "
+                             f"trainer.precision=fp32, or start from its HF export")
+        with torch.no_grad():
+            for main, saved in zip(trainer.main_params, shard["main_params"], strict=True):
+                main.copy_(saved)
     trainer.optimizer.load_state_dict(shard["optimizer"])
     trainer.scheduler.load_state_dict(shard["scheduler"])
     trainer.step = shard["step"]

@@ -91,10 +91,16 @@ class PolicyTrainer:
 
     Inputs may live on any device: the trainer moves them to its model's (``self.device``) and keeps
     every tensor it hands to a collective there (NCCL takes only CUDA tensors, gloo both).
+
+    Mixed precision: when the model's parameters are bf16 / fp16, AdamW updates fp32 main copies of
+    them (``main_params``, as megatron-core's Float16Optimizer does) and the model gets the rounded
+    result after each step; updating bf16 weights directly would round away any step smaller than
+    about 1/256 of the weight (lr 1e-6 on weights of 0.02: every step). Gradients are accumulated
+    over micro-batches in the model's dtype.
     """
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
-                 padded_vocab: int, total_steps: int):
+                 padded_vocab: int, total_steps: int, frozen: bool = False):
         self.model = model
         self.groups = groups
         self.arch = arch
@@ -109,8 +115,12 @@ class PolicyTrainer:
         self.params = [p for _, p in named]
         # megatron-core marks TP-sharded tensors only when it initialises them; ask the mapping table
         self._tp_sharded = {id(p) for n, p in named if is_tp_sharded(n)}
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                           weight_decay=config.weight_decay, foreach=False)
+        self.main_params = None  # fp32 copies the optimizer updates when the model is bf16 / fp16
+        if not frozen and any(p.dtype != torch.float32 for p in self.params):  # frozen (the reference): never stepped
+            self.main_params = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
+        self.optimizer = torch.optim.AdamW(self.main_params or self.params, lr=config.lr,
+                                           betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
+                                           foreach=False)
         min_ratio = config.min_lr / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
             step, warmup_steps=config.warmup_steps, total_steps=total_steps, schedule=config.lr_schedule, min_ratio=min_ratio))
@@ -282,14 +292,23 @@ class PolicyTrainer:
     def optimizer_step(self) -> tuple[float, float]:
         """Clip to ``grad_clip`` by the global norm, step AdamW and the schedule; returns (norm, lr used)."""
         norm = self.grad_norm()
+        if self.main_params is not None:
+            for main, p in zip(self.main_params, self.params, strict=True):
+                main.grad = p.grad.float()
+                p.grad = None
+        optimized = self.main_params or self.params
         if self.config.grad_clip > 0 and norm > self.config.grad_clip:
             scale = self.config.grad_clip / (norm + 1e-6)
-            for p in self.params:
+            for p in optimized:
                 p.grad.mul_(scale)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.main_params is not None:
+            with torch.no_grad():
+                for main, p in zip(self.main_params, self.params, strict=True):
+                    p.copy_(main)  # rounded to the model's dtype
         self.step += 1
         return norm, lr
 
