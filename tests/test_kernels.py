@@ -27,22 +27,20 @@ from kernels import fused_linear_logprobs_entropy, fused_policy_loss, token_adva
 # Where the kernels run: compiled on CUDA when present, else Triton's interpreter on CPU tensors
 # (conftest turns it on; with CUDA present it is off, so CPU tensors would be refused).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DEVICES = [DEVICE]
 
 
 # ---------------------------------------------------------------- advantage
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prompts, group, seq", [(1, 1, 1), (3, 5, 37), (4, 8, 130), (2, 3, 1)])
 @pytest.mark.parametrize("std_normalize", [True, False])
-def test_token_advantages_match_reference(device, prompts, group, seq, std_normalize):
+def test_token_advantages_match_reference(prompts, group, seq, std_normalize):
     gen = torch.Generator().manual_seed(prompts * 100 + group)
     rewards = torch.randint(0, 3, (prompts, group), generator=gen).float() / 2  # win 1, tie 0.5, loss 0
     valid = torch.rand(prompts, group, generator=gen) > 0.25
     valid[0] = False  # a group with every game dropped
     mask = torch.rand(prompts * group, seq, generator=gen) > 0.4
-    seq_adv, token_adv = token_advantages(rewards.to(device), valid.to(device), mask.to(device), std_normalize=std_normalize,
+    seq_adv, token_adv = token_advantages(rewards.to(DEVICE), valid.to(DEVICE), mask.to(DEVICE), std_normalize=std_normalize,
                                           block_t=32)
     expected = group_advantages(rewards, valid, std_normalize=std_normalize).reshape(-1)
     torch.testing.assert_close(seq_adv.cpu(), expected, atol=1e-6, rtol=1e-6)
@@ -85,15 +83,14 @@ def _reference_linear(h, w, targets, grad_lp, grad_ent, true_vocab):
     return lp.detach(), ent.detach(), h.grad, w.grad
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tokens, hidden, vocab, true_vocab, chunk_rows", [
     (1, 8, 16, 16, 4),        # a single token
     (37, 24, 101, 90, 10),    # odd sizes, padded vocab, several token chunks
     (50, 16, 300, 300, 64),   # vocab over one block of the CPU test (BLOCK_V = 256 -> two blocks)
 ])
-def test_fused_linear_logprobs_match_reference(device, tokens, hidden, vocab, true_vocab, chunk_rows):
-    h, w, grad_lp, grad_ent = _linear_case(tokens, hidden, vocab, seed=tokens, scale=3.0, device=device)
-    targets = torch.randint(0, true_vocab, (tokens,), generator=torch.Generator().manual_seed(1)).to(device)
+def test_fused_linear_logprobs_match_reference(tokens, hidden, vocab, true_vocab, chunk_rows):
+    h, w, grad_lp, grad_ent = _linear_case(tokens, hidden, vocab, seed=tokens, scale=3.0, device=DEVICE)
+    targets = torch.randint(0, true_vocab, (tokens,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     h_k, w_k = h.clone().requires_grad_(), w.clone().requires_grad_()
     lp, ent = fused_linear_logprobs_entropy(h_k, w_k, targets, true_vocab=true_vocab, chunk_elements=chunk_rows * vocab)
     (lp * grad_lp + ent * grad_ent).sum().backward()
@@ -172,11 +169,10 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.loss_agg}-kl{c.kl_coef}{c.kl_estimator}-ent{c.entropy_coef}")
 @pytest.mark.parametrize("batch, seq, normalizer", [(1, 1, None), (5, 37, None), (6, 130, 311.0)])
-def test_fused_policy_loss_matches_reference(device, config, batch, seq, normalizer):
-    logp, old, ref, entropy, mask, advantages = _loss_case(batch, seq, seed=batch * seq, device=device)
+def test_fused_policy_loss_matches_reference(config, batch, seq, normalizer):
+    logp, old, ref, entropy, mask, advantages = _loss_case(batch, seq, seed=batch * seq, device=DEVICE)
     mask[0, 0] = True  # at least one token
     inputs = [logp.clone().requires_grad_(), entropy.clone().requires_grad_()]
     loss, stats = fused_policy_loss(inputs[0], old, advantages, mask, config=config, ref_logprobs=ref, entropy=inputs[1],

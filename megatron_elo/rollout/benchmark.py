@@ -186,16 +186,16 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise SystemExit(f"--layouts {bad} need a different --world than {args.world}")
     arch = _arch(args)
+    backend = "nccl" if args.device == "cuda" else "gloo"  # one process per GPU there
     rows: list[ReshardRow] = []
     with tempfile.TemporaryDirectory(prefix="bench-reshard-") as tmp:
         model_dir = str(make_tiny_hf_model(arch, f"{tmp}/hf", seed=0))
         with progress_bar(total=len(layouts), description="bench reshard", enabled=True) as bar:
             for layout in layouts:
-                per_rank = run_distributed(reshard_session, args.world, model_dir, layout, args, timeout=1800,
-                                           backend="nccl" if args.device == "cuda" else "gloo")
+                per_rank = run_distributed(reshard_session, args.world, model_dir, layout, args, timeout=1800, backend=backend)
                 rows += _worst_rank(layout, per_rank)
                 bar.advance()
-    header = (f"{time.strftime('%Y-%m-%d')} · {device_label(args.device, 'nccl' if args.device == 'cuda' else 'gloo')} · torch {torch.__version__} · engine {args.engine} · "
+    header = (f"{time.strftime('%Y-%m-%d')} · {device_label(args.device, backend)} · torch {torch.__version__} · engine {args.engine} · "
               f"{args.dtype} · Qwen2 shape L={arch.num_layers} H={arch.hidden_size} F={arch.ffn_hidden_size} "
               f"heads={arch.num_attention_heads}/{arch.num_kv_heads} V={arch.vocab_size} · median of {args.repeats} · worst rank")
     emit_table(format_table(rows, header), args.out)

@@ -18,7 +18,7 @@ layer and runs the fused linear log-prob + entropy kernel on the hidden states a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -45,16 +45,18 @@ class TrainBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainBatch:
+        """This batch with ``fn`` applied to every tensor it holds (an absent ref_logprobs stays None)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None})
+
     def to(self, device: torch.device) -> TrainBatch:
         """This batch with every tensor on ``device`` (the trainer's; a no-op when already there)."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if getattr(self, f.name) is not None})
+        return self._map(lambda tensor: tensor.to(device))
 
     def micro_batches(self, size: int) -> Iterator[TrainBatch]:
         """Consecutive slices of ``size`` sequences (the last may be shorter)."""
         for start in range(0, len(self), size):
-            yield replace(self, **{f.name: getattr(self, f.name)[start:start + size] for f in fields(self)
-                                   if getattr(self, f.name) is not None})
+            yield self._map(lambda tensor, start=start: tensor[start:start + size])
 
 
 @dataclass(frozen=True, kw_only=True)
