@@ -11,9 +11,10 @@
 # ./gpu_results), so a part that fails or times out still leaves what the earlier steps wrote:
 #   kernels  the GPU tests of tests/test_kernels.py (fp32 against the references on CUDA, bf16 at real
 #            shapes), then `bench kernels` at the Qwen2.5-7B shapes of issue #3;
-#   trainer  the GPU tests of tests/test_trainer.py (a train step on CUDA equals the CPU step), then
-#            `bench trainer` for the Qwen2.5-1.5B shape, bf16, 4 x 2048 with each loss side, and
-#            8 x 2048 with the fused kernels (issue #5's target: it fits);
+#   trainer  the GPU tests of tests/test_trainer.py (a train step on CUDA equals the CPU step; megatron-core's
+#            DDP + optimizer, plain and distributed, take the torch optimizer's step and resume exactly),
+#            then `bench trainer` for the Qwen2.5-1.5B shape, bf16: 4 x 2048 with each loss side (torch
+#            optimizer), and 8 x 2048 with the fused kernels on each optimizer (issue #5's target: it fits);
 #   reshard  `bench reshard --engine none` (Megatron side; the machine has no vLLM) for the
 #            Qwen2.5-1.5B shape (issue #6).
 set -uo pipefail
@@ -49,12 +50,12 @@ case "$part" in
     step bench_kernels 330 python3 -m megatron_elo.cli bench kernels --out "$out/bench_kernels.md"
     ;;
   trainer)
-    step pytest_trainer 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
+    step pytest_trainer 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
     common=(--shape qwen2.5-1.5b --seq 2048 --device cuda --dtype bf16 --steps 5 --warmup 2)
-    step bench_trainer_b4 240 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 4 --kernels torch triton \
-      --out "$out/bench_trainer_b4.md"
+    step bench_trainer_b4 200 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 4 --kernels torch triton \
+      --optimizer torch --out "$out/bench_trainer_b4.md"
     step bench_trainer_b8 180 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 8 --kernels triton \
-      --out "$out/bench_trainer_b8.md"
+      --optimizer megatron_core torch --distributed-optimizer --out "$out/bench_trainer_b8.md"
     ;;
   reshard)
     step bench_reshard 540 python3 -m megatron_elo.cli bench reshard --engine none --device cuda --dtype bf16 --world 1 \

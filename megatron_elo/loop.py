@@ -324,7 +324,8 @@ class EloEvolveRun:
         return build_policy_trainer(model.path, ParallelLayout.from_config(self.cfg), self.cfg.trainer,
                                     total_steps=self.cfg.trainer.steps, dtype=self.cfg.trainer.precision,
                                     device=self.cfg.cluster.device,
-                                    pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of, frozen=frozen)
+                                    pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of, frozen=frozen,
+                                    distributed_optimizer=self.cfg.parallel.distributed_optimizer)
 
     # ------------------------------------------------------------ one step
 

@@ -190,6 +190,14 @@ def test_greedy_eval_takes_one_sample():
     assert tiny("eval.temperature=0", "eval.samples_per_prompt=1").eval.temperature == 0
 
 
+def test_megatron_core_optimizer_and_schedule_need_cuda():
+    with pytest.raises(ConfigError, match="trainer.optimizer=megatron_core: .* cluster.device=cpu; set trainer.optimizer=torch"):
+        tiny("trainer.optimizer=megatron_core")
+    assert tiny("trainer.optimizer=torch").trainer.optimizer == "torch"
+    with pytest.raises(ConfigError, match="trainer.pipeline_schedule=1f1b: .* cluster.device=cpu; set trainer.pipeline_schedule=seq"):
+        tiny("trainer.pipeline_schedule=1f1b")
+
+
 def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
     with pytest.raises(ConfigError) as excinfo:
         tiny_random("parallel.tp=3", "cluster.devices_per_node=3", "model.arch.vocab_size=128",

@@ -46,18 +46,42 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
 
 
 def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch", device: str = "cpu",
-             precision: str = "fp32", lr: float = TRAINER.lr):
+             precision: str = "fp32", lr: float = TRAINER.lr, optimizer: str = "auto", distributed_optimizer: bool = False,
+             pipeline_schedule: str = "auto", **config_overrides):
+    """This rank's trainer. ``optimizer="megatron_core_on_cpu"`` / ``pipeline_schedule="1f1b_on_cpu"``:
+    megatron-core's DDP + optimizer / 1F1B schedule on a CPU model, for use inside ``cuda_on_cpu()``
+    (the trainer itself refuses both on a CPU model)."""
     import dataclasses
 
     import torch.distributed as dist
 
     from megatron_elo.parallel.layout import ParallelLayout
     from megatron_elo.trainer.build import build_policy_trainer
+    from megatron_elo.trainer.optimizer import MegatronCoreOptimizer
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
-    config = dataclasses.replace(TRAINER, kernels=kernels, precision=precision, lr=lr)
-    return build_policy_trainer(model_dir, layout, config, total_steps=total_steps, pad_vocab_to_multiple_of=16, device=device,
-                                dtype=precision)
+    shimmed = optimizer == "megatron_core_on_cpu"
+    config = dataclasses.replace(TRAINER, kernels=kernels, precision=precision, lr=lr,
+                                 optimizer="auto" if shimmed else optimizer, **config_overrides)
+    trainer = build_policy_trainer(model_dir, layout, config, total_steps=total_steps, pad_vocab_to_multiple_of=16,
+                                   device=device, dtype=precision, distributed_optimizer=distributed_optimizer, frozen=shimmed)
+    if shimmed:
+        trainer.optimizer = MegatronCoreOptimizer(model=trainer.model, groups=trainer.groups, arch=trainer.arch,
+                                                  config=config, distributed=distributed_optimizer)
+    if pipeline_schedule == "1f1b_on_cpu":
+        trainer.pipeline_schedule = "1f1b"
+    else:
+        assert pipeline_schedule == "auto", pipeline_schedule
+    return trainer
+
+
+def _devices_for(*settings: str):
+    """``cuda_on_cpu()`` when megatron-core's optimizer or schedule is to run on the CPU, else nothing."""
+    import contextlib
+
+    from tests.cuda_on_cpu import cuda_on_cpu
+
+    return cuda_on_cpu() if {"megatron_core_on_cpu", "1f1b_on_cpu"} & set(settings) else contextlib.nullcontext()
 
 
 def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
@@ -66,15 +90,17 @@ def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
     return next(batch.micro_batches(per)) if dp == 1 else list(batch.micro_batches(per))[d]
 
 
-def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch", device="cpu"):
+def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch", device="cpu", optimizer="auto",
+                     distributed_optimizer=False, pipeline_schedule="auto"):
     """Gradients of the first batch, then the weights after one optimizer step per batch (returned on the CPU)."""
-    trainer = _trainer(model_dir, tp, pp, kernels=kernels, device=device)
-    stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups).to(trainer.device))
-    norm = trainer.grad_norm()
-    grads = {n: p.grad.cpu().clone() for n, p in trainer.model.named_parameters()}
-    trainer.optimizer_step()
-    for batch in batches[1:]:
-        trainer.train_step(_dp_slice(batch, trainer.groups))  # on the CPU: train_step moves it
+    with _devices_for(optimizer, pipeline_schedule):
+        trainer = _trainer(model_dir, tp, pp, kernels=kernels, device=device, optimizer=optimizer,
+                           distributed_optimizer=distributed_optimizer, pipeline_schedule=pipeline_schedule)
+        stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups).to(trainer.device))
+        grads = {n: g.cpu().clone() for n, g in trainer.optimizer.named_grads().items()}
+        norm, _ = trainer.optimizer_step()
+        for batch in batches[1:]:
+            trainer.train_step(_dp_slice(batch, trainer.groups))  # on the CPU: train_step moves it
     weights = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
     return trainer.groups.coords, stats, norm, grads, weights
 
@@ -96,16 +122,10 @@ def reference(model_dir):
     return batches, run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches)[0]
 
 
-@pytest.mark.parametrize("tp, pp, dp, kernels", [(2, 1, 1, "torch"), (1, 1, 2, "torch"), (1, 2, 1, "torch"),
-                                                 (1, 1, 1, "triton"), (2, 1, 1, "triton"), (1, 2, 1, "triton")])
-def test_loss_grads_and_updates_match_the_single_process_run(model_dir, reference, tp, pp, dp, kernels):
-    """Every layout, with either loss-side implementation (fp32), against TP = PP = DP = 1 in torch."""
-    if kernels == "triton":
-        pytest.importorskip("triton")
-        if torch.cuda.is_available():  # the interpreter is off there; test_train_step_on_cuda_equals_the_cpu_step runs it
-            pytest.skip("CPU ranks run Triton through its interpreter, which is off where CUDA is present")
+def _assert_layout_matches(results, reference, tp: int, pp: int) -> None:
+    """Every rank's loss statistics and grad norm, and the merged gradients and weights after two
+    steps, against the TP = PP = DP = 1 torch run (fp32)."""
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
-    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, batches, kernels)
     grads, weights = _merge(results, tp, pp)
     for _, stats, norm, _, _ in results:  # every rank reports the same numbers
         for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
@@ -122,14 +142,36 @@ def test_loss_grads_and_updates_match_the_single_process_run(model_dir, referenc
     assert 0 < ref_stats["clip_fraction"] < 1 and ref_stats["kl"] > 0
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
-    """The same two steps with the model on CUDA (fp32, inputs handed over on the CPU) as on the CPU:
-    every tensor the trainer allocates or reduces follows the model's device."""
+@pytest.mark.parametrize("tp, pp, dp, kernels", [(2, 1, 1, "torch"), (1, 1, 2, "torch"), (1, 2, 1, "torch"),
+                                                 (1, 1, 1, "triton"), (2, 1, 1, "triton"), (1, 2, 1, "triton")])
+def test_loss_grads_and_updates_match_the_single_process_run(model_dir, reference, tp, pp, dp, kernels):
+    """Every layout, with either loss-side implementation (fp32), against TP = PP = DP = 1 in torch."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+        if torch.cuda.is_available():  # the interpreter is off there; test_train_step_on_cuda_equals_the_cpu_step runs it
+            pytest.skip("CPU ranks run Triton through its interpreter, which is off where CUDA is present")
+    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, reference[0], kernels)
+    _assert_layout_matches(results, reference, tp, pp)
+
+
+@pytest.mark.parametrize("tp, pp, dp, distributed", [(1, 1, 2, False), (1, 1, 2, True), (2, 1, 1, True), (1, 2, 2, True)],
+                         ids=["dp2-plain", "dp2-distributed", "tp2-distributed", "pp2-dp2-tied-distributed"])
+def test_megatron_core_optimizer_matches_the_single_process_run(model_dir, reference, tp, pp, dp, distributed):
+    """megatron-core's own DDP (fp32 grad buckets, all-reduce or reduce-scatter + all-gather) and
+    optimizer (plain, or distributed: state sharded over DP), its CUDA allocations sent to the CPU
+    (tests/cuda_on_cpu.py), take the torch optimizer's single-process step in every layout. PP=2 x
+    DP=2 with tied embeddings: the embedding's two copies must sit in their own buckets, else the two
+    stages shard them differently over DP and summing the copies mixes unreduced slices."""
+    results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, reference[0], "torch", "cpu",
+                              "megatron_core_on_cpu", distributed)
+    _assert_layout_matches(results, reference, tp, pp)
+
+
+def _assert_matches_reference(result, reference) -> None:
+    """Loss statistics, grad norm, gradients and the weights after two steps of a CUDA run against
+    the CPU reference (fp32; TF32 off is PyTorch's default for matmuls)."""
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
-    _, stats, norm, grads, weights = run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda",
-                                                     backend="nccl")[0]
+    _, stats, norm, grads, weights = result
     for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
         assert stats[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
     assert norm == pytest.approx(ref_norm, rel=1e-4)
@@ -138,6 +180,26 @@ def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
         conditioned = ref_grads[name].abs() > 1e-4  # see the layout test: Adam turns noise on ~0 grads into +-lr
         torch.testing.assert_close(weights[name][conditioned], ref_weights[name][conditioned], atol=1e-5, rtol=1e-3,
                                    msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
+    """The same two steps with the model on CUDA (fp32, inputs handed over on the CPU) as on the CPU:
+    every tensor the trainer allocates or reduces follows the model's device."""
+    batches = reference[0]
+    _assert_matches_reference(run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda", "torch",
+                                              backend="nccl")[0], reference)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("distributed", [False, True], ids=["plain", "distributed"])
+def test_megatron_core_optimizer_takes_the_torch_optimizer_step(model_dir, reference, distributed):
+    """megatron-core's DDP (fp32 grad buffers) + optimizer, plain or distributed, on one GPU: the same
+    gradients, norm and two updates as the torch optimizer's CPU reference."""
+    batches = reference[0]
+    _assert_matches_reference(run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, "torch", "cuda",
+                                              "megatron_core", distributed, backend="nccl")[0], reference)
 
 
 def test_gradient_equals_autograd_through_transformers(model_dir, reference):
@@ -177,22 +239,37 @@ def test_lr_schedule_hand_values():
         lr_factor(5, schedule="step", **kw)
 
 
-def straight_or_resumed(rank, world_size, model_dir, batches, ckpt_root, resume_after, precision="fp32"):
+def straight_or_resumed(rank, world_size, model_dir, batches, ckpt_root, resume_after, precision="fp32", device="cpu",
+                        optimizers=("auto", "auto"), distributed_optimizer=False):
     """Train on every batch; if ``resume_after`` is set, save after that many steps, build a fresh
-    trainer, load, and continue. Returns the step counter, the final weights (and fp32 main weights
-    when mixed precision keeps them) and a draw from the RNG."""
+    trainer (``optimizers[1]``), load, and continue. Returns the step counter, the final weights, a
+    draw from the RNG and the fp32 main weights (on the CPU)."""
     from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     torch.manual_seed(123)
-    trainer = _trainer(model_dir, 1, 1, precision=precision)
-    for i, batch in enumerate(batches):
-        if resume_after is not None and i == resume_after:
-            save_checkpoint(trainer, ckpt_root, extra={"data_position": i}, keep_last=1)
-            trainer = _trainer(model_dir, 1, 1, precision=precision)  # fresh weights: everything must come from disk
-            assert load_checkpoint(trainer, latest_checkpoint(ckpt_root)) == {"data_position": i}
-        trainer.train_step(_dp_slice(batch, trainer.groups))
-    main = [m.detach().clone() for m in trainer.main_params] if trainer.main_params is not None else []
-    return trainer.step, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, torch.rand(3), main
+    with _devices_for(*optimizers):
+        trainer = _trainer(model_dir, 1, 1, precision=precision, device=device, optimizer=optimizers[0],
+                           distributed_optimizer=distributed_optimizer)
+        for i, batch in enumerate(batches):
+            if resume_after is not None and i == resume_after:
+                save_checkpoint(trainer, ckpt_root, extra={"data_position": i}, keep_last=1)
+                # fresh weights: everything must come from disk
+                trainer = _trainer(model_dir, 1, 1, precision=precision, device=device, optimizer=optimizers[1],
+                                   distributed_optimizer=distributed_optimizer)
+                assert load_checkpoint(trainer, latest_checkpoint(ckpt_root)) == {"data_position": i}
+            trainer.train_step(_dp_slice(batch, trainer.groups))
+        main = {name: state["main"].cpu() for name, state in trainer.optimizer.full_state().items()}
+    weights = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
+    return trainer.step, weights, torch.rand(3), main
+
+
+def _assert_same_run(straight, resumed):
+    assert straight[0] == resumed[0] == 4
+    assert all(torch.equal(straight[1][k], resumed[1][k]) for k in straight[1])
+    assert torch.equal(straight[2], resumed[2])  # RNG state restored too
+    assert all(torch.equal(straight[3][k], resumed[3][k]) for k in straight[3])  # fp32 main weights too
+    # the model holds the main weights, rounded to its dtype
+    assert all(torch.equal(w, straight[3][k].to(w.dtype)) for k, w in straight[1].items())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -200,18 +277,106 @@ def test_resume_is_bit_exact(model_dir, tmp_path, precision):
     batches = [make_batch(model_dir, seed=s) for s in range(4)]
     straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None, precision)[0]
     resumed = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2, precision)[0]
-    assert straight[0] == resumed[0] == 4
-    assert all(torch.equal(straight[1][k], resumed[1][k]) for k in straight[1])
-    assert torch.equal(straight[2], resumed[2])  # RNG state restored too
-    assert len(straight[3]) == (0 if precision == "fp32" else len(straight[1]))  # bf16: fp32 main weights, saved too
-    assert all(torch.equal(a, b) for a, b in zip(straight[3], resumed[3], strict=True))
+    _assert_same_run(straight, resumed)
+
+
+@pytest.mark.parametrize("kernels, optimizer, dp", [("torch", "torch", 1), ("triton", "torch", 1),
+                                                   ("torch", "megatron_core_on_cpu", 2)],
+                         ids=["torch", "triton", "megatron-core-optimizer-dp2"])
+def test_1f1b_schedule_matches_the_single_process_run(model_dir, reference, kernels, optimizer, dp):
+    """megatron-core's 1F1B pipeline schedule at PP=2 (four micro-batches: both stages busy at once),
+    its CUDA buffers sent to the CPU (tests/cuda_on_cpu.py), against TP = PP = DP = 1; with the fused
+    loss kernels too, and with megatron-core's distributed optimizer at DP=2 (the GPU default)."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+        if torch.cuda.is_available():
+            pytest.skip("CPU ranks run Triton through its interpreter, which is off where CUDA is present")
+    results = run_distributed(grads_then_steps, 2 * dp, model_dir, 1, 2, reference[0], kernels, "cpu", optimizer, True,
+                              "1f1b_on_cpu")
+    _assert_layout_matches(results, reference, 1, 2)
+
+
+def logprobs_both_schedules(rank, world_size, model_dir, tokens):
+    from tests.cuda_on_cpu import cuda_on_cpu
+
+    with cuda_on_cpu():
+        trainer = _trainer(model_dir, 1, 2)
+        sequential = trainer.compute_logprobs(tokens, micro_batch_size=3)  # 3 + 3 + 2: a shorter last micro-batch
+        trainer.pipeline_schedule = "1f1b"
+        pipelined = trainer.compute_logprobs(tokens, micro_batch_size=3)
+    return sequential, pipelined
+
+
+def test_1f1b_log_probs_equal_the_sequential_ones(model_dir):
+    tokens = make_batch(model_dir).tokens
+    results = run_distributed(logprobs_both_schedules, 2, model_dir, tokens)
+    assert results[0] == (None, None)  # the first stage returns nothing
+    sequential, pipelined = results[1]
+    assert sequential.shape == tokens.shape
+    torch.testing.assert_close(pipelined, sequential, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_megatron_core_distributed_optimizer_resume_is_bit_exact_on_cpu(model_dir, tmp_path, precision):
+    """Two DP ranks, state sharded over them: saving gathers it, loading hands each rank its slice."""
+    batches = [make_batch(model_dir, seed=s) for s in range(4)]
+    mcore = ("megatron_core_on_cpu", "megatron_core_on_cpu")
+    straight = run_distributed(straight_or_resumed, 2, model_dir, batches, str(tmp_path / "a"), None, precision, "cpu",
+                               mcore, True)[0]
+    resumed = run_distributed(straight_or_resumed, 2, model_dir, batches, str(tmp_path / "b"), 2, precision, "cpu",
+                              mcore, True)[0]
+    _assert_same_run(straight, resumed)
+
+
+@pytest.mark.parametrize("switch", [("torch", "megatron_core_on_cpu"), ("megatron_core_on_cpu", "torch")],
+                         ids=["torch-to-megatron", "megatron-to-torch"])
+def test_a_checkpoint_moves_between_the_two_optimizers(model_dir, tmp_path, switch):
+    """Both optimizers read and write the same per-parameter state: two steps on one, two more on
+    the other (distributed, DP=2) land where four steps on the first do. Fresh Adam moments instead
+    of the loaded ones would move most weights by ~lr differently."""
+    batches = [make_batch(model_dir, seed=s) for s in range(4)]
+    straight = run_distributed(straight_or_resumed, 2, model_dir, batches, str(tmp_path / "a"), None, "fp32", "cpu",
+                               (switch[0], switch[0]), True)[0]
+    switched = run_distributed(straight_or_resumed, 2, model_dir, batches, str(tmp_path / "b"), 2, "fp32", "cpu",
+                               switch, True)[0]
+    differences = torch.cat([(straight[1][k] - switched[1][k]).abs().flatten() for k in straight[1]])
+    assert differences.max() <= 4 * TRAINER.lr
+    assert (differences > 1e-6).float().mean() < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_megatron_core_distributed_optimizer_resume_is_bit_exact(model_dir, tmp_path, precision):
+    batches = [make_batch(model_dir, seed=s) for s in range(4)]
+    mcore = ("megatron_core", "megatron_core")
+    straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None, precision, "cuda",
+                               mcore, True, backend="nccl")[0]
+    resumed = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2, precision, "cuda",
+                              mcore, True, backend="nccl")[0]
+    _assert_same_run(straight, resumed)
+
+
+@pytest.mark.gpu
+def test_a_torch_optimizer_checkpoint_resumes_on_megatron_core(model_dir, tmp_path):
+    """Both optimizers read and write the same per-parameter state: two steps on torch, two more on
+    megatron-core's distributed optimizer land where four torch steps do. Fresh Adam moments instead
+    of the loaded ones would move most weights by ~lr differently."""
+    batches = [make_batch(model_dir, seed=s) for s in range(4)]
+    straight = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "a"), None, "fp32", "cuda",
+                               ("torch", "torch"), True, backend="nccl")[0]
+    switched = run_distributed(straight_or_resumed, 1, model_dir, batches, str(tmp_path / "b"), 2, "fp32", "cuda",
+                               ("torch", "megatron_core"), True, backend="nccl")[0]
+    differences = torch.cat([(straight[1][k] - switched[1][k]).abs().flatten() for k in straight[1]])
+    assert differences.max() <= 4 * TRAINER.lr
+    assert (differences > 1e-6).float().mean() < 0.01
 
 
 def one_bf16_step(rank, world_size, model_dir, batch, lr):
     trainer = _trainer(model_dir, 1, 1, precision="bf16", lr=lr)
-    before = [p.detach().float().clone() for p in trainer.params]
+    before = [p.detach().float().clone() for p in trainer.optimizer.params]
     trainer.train_step(batch)
-    return before, [p.detach().clone() for p in trainer.params], [m.detach().clone() for m in trainer.main_params]
+    return (before, [p.detach().clone() for p in trainer.optimizer.params],
+            [m.detach().clone() for m in trainer.optimizer.main_params])
 
 
 def test_bf16_training_keeps_fp32_main_weights(model_dir):
@@ -229,29 +394,110 @@ def test_bf16_training_keeps_fp32_main_weights(model_dir):
     assert rounded_moved.float().mean() < 0.5  # what stepping the bf16 weights themselves would have kept, at most
 
 
+def test_bf16_gradients_accumulate_in_fp32():
+    """256 + 1 is not a bf16 number (its spacing at 256 is 2): a bf16 gradient accumulated over two
+    micro-batches loses the 1, the fp32 accumulator fed by the hook keeps it."""
+    from megatron_elo.trainer.optimizer import accumulate_grad_in_fp32
+
+    def two_backwards(param):
+        (param * 256.0).sum().backward()
+        (param * 1.0).sum().backward()
+
+    in_bf16 = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    two_backwards(in_bf16)
+    assert torch.equal(in_bf16.grad.float(), torch.full((3,), 256.0))  # what accumulating in the model's dtype keeps
+    param = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    main = torch.nn.Parameter(param.detach().float())
+    main.grad = torch.zeros(3)
+    param.register_post_accumulate_grad_hook(lambda p: accumulate_grad_in_fp32(main, p))
+    two_backwards(param)
+    assert torch.equal(main.grad, torch.full((3,), 257.0)) and param.grad is None
+
+
+def bf16_and_fp32_grads(rank, world_size, model_dir, batch):
+    grads = []
+    for precision in ("fp32", "bf16"):
+        trainer = _trainer(model_dir, 1, 1, precision=precision)
+        trainer.forward_backward(batch)
+        grads.append({n: g.clone() for n, g in trainer.optimizer.named_grads().items()})
+    return grads
+
+
+def test_bf16_trainer_gradients_are_fp32_and_near_the_fp32_ones(model_dir):
+    fp32, bf16 = run_distributed(bf16_and_fp32_grads, 1, model_dir, make_batch(model_dir))[0]
+    assert fp32.keys() == bf16.keys()
+    for name in fp32:
+        assert bf16[name].dtype == torch.float32, name
+        assert (bf16[name] - fp32[name]).norm() < 0.1 * fp32[name].norm() + 1e-6, name
+
+
+def optimizer_groups(rank, world_size, model_dir):
+    trainer = _trainer(model_dir, 1, 1, weight_decay=0.1)
+    names = dict(zip(map(id, trainer.optimizer.main_params), trainer.optimizer.names, strict=True))
+    return [(group["weight_decay"], sorted(names[id(p)] for p in group["params"])) for group in trainer.optimizer.optimizer.param_groups]
+
+
+def test_weight_decay_skips_biases_and_norm_weights(model_dir):
+    """megatron-core's default rule, on the torch optimizer too: 1-D weights and biases take none."""
+    (decay, decaying), (no_decay, skipped) = run_distributed(optimizer_groups, 1, model_dir)[0]
+    assert (decay, no_decay) == (0.1, 0.0)
+    assert all(n.endswith(("layernorm.weight", ".bias")) for n in skipped)
+    assert {"decoder.layers.0.self_attention.linear_qkv.bias", "decoder.final_layernorm.weight"} <= set(skipped)
+    assert all(n.endswith(".weight") and "layernorm" not in n for n in decaying)
+    assert "decoder.layers.0.self_attention.linear_qkv.weight" in decaying and not set(decaying) & set(skipped)
+
+
+def megatron_core_on_cpu(rank, world_size, model_dir):
+    try:
+        _trainer(model_dir, 1, 1, optimizer="megatron_core")
+    except ValueError as err:
+        return str(err)
+    return "built"
+
+
+def test_megatron_core_optimizer_refuses_a_cpu_model(model_dir):
+    message = run_distributed(megatron_core_on_cpu, 1, model_dir)[0]
+    assert "trainer.optimizer=megatron_core needs the model on CUDA" in message and "trainer.optimizer=torch" in message
+
+
 def save_then_report(rank, world_size, model_dir, batch, ckpt_root):
     from megatron_elo.trainer.checkpoint import save_checkpoint
 
     trainer = _trainer(model_dir, 1, 1)
     trainer.train_step(_dp_slice(batch, trainer.groups))
     save_checkpoint(trainer, ckpt_root)
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.state_dict()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.full_state()
 
 
-def load_then_report(rank, world_size, model_dir, ckpt_root):
+def load_then_report(rank, world_size, model_dir, ckpt_root, precision="fp32"):
     from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
 
-    trainer = _trainer(model_dir, 1, 1)
+    trainer = _trainer(model_dir, 1, 1, precision=precision)
     load_checkpoint(trainer, latest_checkpoint(ckpt_root))
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.state_dict(), trainer.step
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.full_state(), trainer.step
 
 
 def test_resume_with_a_different_dp_size(model_dir, tmp_path):
     saved_weights, saved_optimizer = run_distributed(save_then_report, 2, model_dir, make_batch(model_dir), str(tmp_path))[0]
     weights, optimizer, step = run_distributed(load_then_report, 1, model_dir, str(tmp_path))[0]
     assert step == 1 and all(torch.equal(weights[k], saved_weights[k]) for k in weights)
-    for key, state in saved_optimizer["state"].items():
-        assert torch.equal(optimizer["state"][key]["exp_avg"], state["exp_avg"])
+    assert saved_optimizer.keys() == optimizer.keys()
+    for name, state in saved_optimizer.items():
+        assert state["exp_avg_sq"].abs().sum() > 0, name  # a real Adam state, not the zeros of a fresh one
+        for key in ("main", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizer[name][key], state[key]), (name, key)
+
+
+def test_an_fp32_checkpoint_resumes_in_bf16_with_exact_main_weights(model_dir, tmp_path):
+    """The checkpoint keeps fp32 main weights whatever the precision, so a bf16 trainer resumes with
+    the fp32 weights themselves as its main weights (its model holds them rounded)."""
+    saved_weights, saved_optimizer = run_distributed(save_then_report, 1, model_dir, make_batch(model_dir), str(tmp_path))[0]
+    weights, optimizer, step = run_distributed(load_then_report, 1, model_dir, str(tmp_path), "bf16")[0]
+    assert step == 1
+    for name, saved in saved_weights.items():
+        assert torch.equal(optimizer[name]["main"], saved), name
+        assert torch.equal(weights[name], saved.to(weights[name].dtype)), name
+        assert torch.equal(optimizer[name]["exp_avg"], saved_optimizer[name]["exp_avg"]), name
 
 
 def load_wrong_layout(rank, world_size, model_dir, ckpt_root, precision="fp32"):
@@ -269,8 +515,14 @@ def test_resume_refuses_another_tp_and_incomplete_dirs(model_dir, tmp_path):
     run_distributed(save_then_report, 1, model_dir, make_batch(model_dir), str(tmp_path))
     messages = run_distributed(load_wrong_layout, 2, model_dir, str(tmp_path))
     assert all("written with tp=1 pp=1, this run has tp=2 pp=1" in m for m in messages)
-    message = run_distributed(load_wrong_layout, 1, model_dir, str(tmp_path), "bf16")[0]
-    assert "has no fp32 main weights (written by an fp32 trainer); resume with trainer.precision=fp32" in message
+    import json
+
+    meta_file = tmp_path / "step_00000001" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta.pop("format")  # what a checkpoint written before the per-parameter optimizer state looks like
+    meta_file.write_text(json.dumps(meta))
+    message = run_distributed(load_wrong_layout, 1, model_dir, str(tmp_path))[0]
+    assert "is a checkpoint of format 1, this megatron-elo reads format 2; export it to HF" in message
     (tmp_path / "step_00000009").mkdir()
     from megatron_elo.trainer.checkpoint import latest_checkpoint
 
@@ -309,7 +561,8 @@ def test_bench_trainer_reports_consistent_throughput_and_mfu(tmp_path):
     table = out.read_text()
     assert "shape small, batch 2 x 16" in table and "issue #5 reference" in table
     row = next(line for line in table.splitlines() if line.startswith("| torch"))
-    step_ms, tokens_per_s, mfu = (cell.strip() for cell in row.split("|")[2:5])
+    optimizer, step_ms, tokens_per_s, mfu = (cell.strip() for cell in row.split("|")[2:6])
+    assert optimizer == "TorchOptimizer"  # auto on CPU
     assert float(tokens_per_s.replace(",", "")) == pytest.approx(2 * 16 / (float(step_ms) / 1e3), rel=0.01)
     expected_mfu = float(tokens_per_s.replace(",", "")) * train_flops_per_token(SHAPES["small"], 16) / 0.5e12
     assert float(mfu.rstrip("%")) == pytest.approx(100 * expected_mfu, rel=0.02, abs=0.05)

@@ -116,7 +116,8 @@ class ParallelConfig:
     pp: int = opt(1, "Pipeline-parallel size.")
     dp: int = opt(1, "Data-parallel size.")
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1).")
-    distributed_optimizer: bool = opt(True, "Megatron distributed optimizer on GPU (CPU: torch AdamW over the DP group).")
+    distributed_optimizer: bool = opt(True, "With trainer.optimizer megatron_core: shard fp32 main weights and Adam state "
+                                            "over DP (megatron-core's distributed optimizer).")
 
 
 @dataclass(kw_only=True)
@@ -128,7 +129,7 @@ class TrainerConfig:
     min_lr: float = opt(0.0, "Learning rate at the end of the decay.")
     lr_schedule: Literal["constant", "cosine", "linear"] = opt("constant", "Decay after warmup.")
     warmup_steps: int = opt(0, "Linear warmup optimizer steps.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not on biases and norm weights).")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     grad_clip: float = opt(1.0, "Global grad-norm clip; 0 disables.")
@@ -142,6 +143,13 @@ class TrainerConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = opt("token_mean", "token_mean: mean over all response tokens; seq_mean: mean per sequence, then over sequences.")
     std_normalize: bool = opt(True, "Divide group-centred rewards by the group std (GRPO); False: Dr.GRPO-style centring only.")
     kernels: Literal["torch", "triton"] = opt("torch", "Loss-side implementation: torch reference or fused Triton kernels.")
+    optimizer: Literal["auto", "torch", "megatron_core"] = opt(
+        "auto", "Gradient buffers + AdamW: torch (DP all-reduce, torch AdamW; runs anywhere) or megatron_core (its DDP "
+                "and optimizer, parallel.distributed_optimizer; CUDA only). auto: megatron_core on cuda, torch on cpu.")
+    pipeline_schedule: Literal["auto", "sequential", "1f1b"] = opt(
+        "auto", "With parallel.pp > 1: 1f1b = megatron-core's one-forward-one-backward schedule (stages work on "
+                "different micro-batches at once; CUDA only), sequential = one micro-batch at a time through all "
+                "stages (any device). auto: 1f1b on cuda.")
     precision: Dtype = opt("bf16", "Dtype of the trainer's Megatron model (weights and compute); bf16 / fp16 keep fp32 "
                                    "main weights and Adam state in the optimizer (mixed precision).")
 

@@ -108,6 +108,12 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
     check.need(t.kl_coef >= 0, f"trainer.kl_coef: must be >= 0 (0 disables the KL term), got {t.kl_coef}")
     check.need(t.grad_clip >= 0, f"trainer.grad_clip: must be >= 0 (0 disables clipping), got {t.grad_clip}")
     check.need(t.warmup_steps >= 0, f"trainer.warmup_steps: must be >= 0, got {t.warmup_steps}")
+    check.need(t.optimizer != "megatron_core" or cfg.cluster.device == "cuda",
+               "trainer.optimizer=megatron_core: megatron-core's DDP and optimizer allocate on CUDA, but "
+               "cluster.device=cpu; set trainer.optimizer=torch (or auto)")
+    check.need(t.pipeline_schedule != "1f1b" or cfg.cluster.device == "cuda",
+               "trainer.pipeline_schedule=1f1b: megatron-core's schedules allocate on CUDA, but cluster.device=cpu; "
+               "set trainer.pipeline_schedule=sequential (or auto)")
     check.need(cfg.eval.temperature >= 0, f"eval.temperature: must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
     if t.kernels == "triton":
         import importlib.util

@@ -46,14 +46,14 @@ class ProcessGroups:
         """
         from megatron.core.process_groups_config import ProcessGroupCollection
 
-        return ProcessGroupCollection(tp=self.tp, pp=self.pp, cp=_single(), embd=None, pos_embd=None, tp_cp=self.tp,
+        return ProcessGroupCollection(tp=self.tp, pp=self.pp, cp=single_rank_group(), embd=None, pos_embd=None, tp_cp=self.tp,
                                       dp=self.dp, dp_cp=self.dp, mp=self.model)
 
 
 _SINGLETONS: dict[int, dist.ProcessGroup] = {}
 
 
-def _single() -> dist.ProcessGroup:
+def single_rank_group() -> dist.ProcessGroup:
     """A group of this rank alone (context parallel size 1), created once per rank."""
     return _SINGLETONS[dist.get_rank()]
 

@@ -111,7 +111,7 @@ def reshard_session(rank: int, world: int, model_dir: str, layout: str, args: ar
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     trainer = build_policy_trainer(model_dir, ParallelLayout(tp=tp, pp=pp, dp=dp), TrainerConfig(precision=args.dtype),
-                                   total_steps=1, dtype=args.dtype, device=device)
+                                   total_steps=1, dtype=args.dtype, device=device, frozen=True)  # weights only: no optimizer
     if args.engine == "vllm":
         from megatron_elo.rollout.engine import RolloutEngine
 

@@ -1,11 +1,12 @@
 """``megatron-elo bench trainer``: tokens/s, step time, MFU and peak memory of the policy train step.
 
     megatron-elo bench trainer                                             # CPU: a small Qwen2 shape, batch 2 x 256
-    megatron-elo bench trainer --shape qwen2.5-1.5b --batch 4 --seq 2048 --device cuda --dtype bf16 --kernels torch triton
+    megatron-elo bench trainer --shape qwen2.5-1.5b --batch 4 --seq 2048 --device cuda --dtype bf16 --kernels torch triton \
+        --optimizer megatron_core torch
 
 One process (TP = PP = DP = 1), random weights and tokens, the whole step as the loop runs it:
 micro-batched forward + backward of the clipped policy-gradient loss over half of each row as
-response tokens, grad clipping, AdamW. Per ``--kernels`` setting it prints the median step time of
+response tokens, grad clipping, AdamW. Per ``--kernels`` x ``--optimizer`` setting it prints the median step time of
 ``--steps`` steps after ``--warmup``, tokens/s (all tokens of the batch), MFU against ``--peak-tflops``
 (default: the H100's dense bf16 989 TFLOP/s on CUDA; none on CPU) and the peak memory (CUDA: allocated
 above the model and optimizer; CPU: the process's peak RSS). The reference row is issue #5's
@@ -42,9 +43,10 @@ REFERENCE = "issue #5 reference: H100, local spec + SDPA, bf16, qwen2.5-1.5b, 4 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerRow:
-    """One measured ``--kernels`` setting."""
+    """One measured (``--kernels``, ``--optimizer``) setting."""
 
     kernels: str
+    optimizer: str
     step_ms: float
     tokens_per_s: float
     mfu: float | None
@@ -67,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward (default: --batch)")
     parser.add_argument("--kernels", nargs="+", choices=["torch", "triton"], default=["torch"], help="loss-side settings to time")
+    parser.add_argument("--optimizer", nargs="+", choices=["auto", "torch", "megatron_core"], default=["auto"],
+                        help="trainer.optimizer settings to time (megatron_core: CUDA only; auto: megatron_core on CUDA)")
+    parser.add_argument("--distributed-optimizer", action="store_true", help="megatron_core: shard optimizer state over DP")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -75,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the table (markdown) to this file")
 
 
-def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str):
+def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer: str):
     from megatron_elo.models.gpt import build_gpt_model
     from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
@@ -87,8 +92,9 @@ def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str):
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.02)
     config = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch or args.batch, global_batch_size=args.batch,
-                           kernels=kernels, precision=args.dtype)
-    return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6)
+                           kernels=kernels, precision=args.dtype, optimizer=optimizer)
+    return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6,
+                         distributed_optimizer=args.distributed_optimizer)
 
 
 def _batch(arch: ArchConfig, args: argparse.Namespace, trainer):
@@ -103,10 +109,10 @@ def _batch(arch: ArchConfig, args: argparse.Namespace, trainer):
     return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages, old_logprobs=old)
 
 
-def measure(args: argparse.Namespace, kernels: str) -> TrainerRow:
-    """Time ``args.steps`` train steps of one ``--kernels`` setting."""
+def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRow:
+    """Time ``args.steps`` train steps of one (``--kernels``, ``--optimizer``) setting."""
     arch = SHAPES[args.shape]
-    trainer = _trainer(arch, args, kernels)
+    trainer = _trainer(arch, args, kernels, optimizer)
     batch = _batch(arch, args, trainer)
     cuda = args.device == "cuda"
     if cuda:
@@ -127,7 +133,7 @@ def measure(args: argparse.Namespace, kernels: str) -> TrainerRow:
     peak = args.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
     mfu = tokens_per_s * train_flops_per_token(arch, args.seq) / (peak * 1e12) if peak else None
     peak_gb = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return TrainerRow(kernels=kernels, step_ms=step_s * 1e3, tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
+    return TrainerRow(kernels=kernels, optimizer=type(trainer.optimizer).__name__, step_ms=step_s * 1e3, tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
 
 
 def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
@@ -137,10 +143,10 @@ def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
     memory = "peak GB above model" if args.device == "cuda" else "process peak RSS GB"
     lines = [f"bench trainer on {device_label(args.device, 'one process')}: shape {args.shape}, batch {args.batch} x {args.seq}, "
              f"micro-batch {args.micro_batch or args.batch}, {args.dtype}, median of {args.steps} after {args.warmup} warm-up",
-             "", f"| kernels | step ms | tokens/s | MFU | {memory} |", "|---|---|---|---|---|"]
+             "", f"| kernels | optimizer | step ms | tokens/s | MFU | {memory} |", "|---|---|---|---|---|---|"]
     for row in rows:
         mfu = f"{100 * row.mfu:.1f}%" if row.mfu is not None else "- (give --peak-tflops)"
-        lines.append(f"| {row.kernels} | {row.step_ms:.1f} | {row.tokens_per_s:,.0f} | {mfu} | {row.peak_gb:.2f} |")
+        lines.append(f"| {row.kernels} | {row.optimizer} | {row.step_ms:.1f} | {row.tokens_per_s:,.0f} | {mfu} | {row.peak_gb:.2f} |")
     lines += ["", REFERENCE]
     return "\n".join(lines)
 
@@ -160,6 +166,6 @@ def run(args: argparse.Namespace) -> int:
     from megatron_elo.parallel.spawn import init_world_of_one
 
     init_world_of_one("nccl" if args.device == "cuda" else "gloo")
-    rows = [measure(args, kernels) for kernels in args.kernels]
+    rows = [measure(args, kernels, optimizer) for kernels in args.kernels for optimizer in args.optimizer]
     emit_table(format_table(rows, args), args.out)
     return 0

@@ -10,9 +10,10 @@ from megatron_elo.trainer.step import PolicyTrainer
 
 def build_policy_trainer(model_dir: str, layout: ParallelLayout, config: TrainerConfig, *, total_steps: int,
                          dtype: str = "fp32", device: str = "cpu", pad_vocab_to_multiple_of: int | None = None,
-                         frozen: bool = False) -> PolicyTrainer:
+                         frozen: bool = False, distributed_optimizer: bool = False) -> PolicyTrainer:
     """The trainer for this rank's (tp, pp) shard of the HF checkpoint ``model_dir`` (``frozen``: only
-    for log-probs, e.g. the KL reference, so no fp32 main weights are kept for it).
+    for log-probs, e.g. the KL reference, so it gets no optimizer; ``distributed_optimizer``: shard the
+    optimizer state over DP with ``trainer.optimizer`` megatron_core).
 
     Collective: every rank of the (already initialised) world calls it with the same layout.
     """
@@ -27,4 +28,4 @@ def build_policy_trainer(model_dir: str, layout: ParallelLayout, config: Trainer
     model = build_gpt_model(arch, groups, padded_vocab=padded, dtype=dtype, device=device)
     load_full_state(model, hf_to_megatron(load_hf_state_dict(model_dir), arch, padded_vocab=padded), arch, groups)
     return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=padded, total_steps=total_steps,
-                         frozen=frozen)
+                         frozen=frozen, distributed_optimizer=distributed_optimizer)

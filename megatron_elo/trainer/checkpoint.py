@@ -1,13 +1,14 @@
 """Sharded training checkpoints: model shard, optimizer, schedule, RNG and step, per (tp, pp) rank.
 
     <dir>/step_00000010/
-        meta.json                 step, layout, arch (written last: a directory without it is incomplete)
-        shard_tp0_pp0.pt ...      model + optimizer (+ fp32 main weights) + scheduler state of each (tp, pp)
-                                  shard (DP rank 0 writes)
-        rng_rank0.pt ...          each rank's torch / numpy / python RNG states
+        meta.json                 format, step, layout, arch (written last: a directory without it is incomplete)
+        shard_tp0_pp0.pt ...      model weights + optimizer state of each (tp, pp) shard (DP rank 0 writes)
+        rng_rank0.pt ...          each rank's torch / numpy / python (and CUDA) RNG states
 
-Shards are identical across DP ranks (no distributed optimizer on this path), so a checkpoint
-resumes under a different DP size; TP and PP must match (convert through HF to change them).
+The optimizer state is per parameter and whole over DP (fp32 main weight, Adam moments:
+``TrainerOptimizer.full_state``, gathered when the distributed optimizer shards it), so a checkpoint
+resumes under a different DP size, on either ``trainer.optimizer`` and in either precision; TP and PP
+must match (convert through HF to change them). The LR schedule is a function of the step.
 Each step is written to a temporary directory and renamed into place, so an interrupted save never
 damages an earlier checkpoint.
 """
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from megatron_elo.trainer.step import PolicyTrainer
 
 META = "meta.json"
+FORMAT = 2  # 1 (before 2026-11-24): torch optimizer state_dict + main_params; not readable any more
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -69,16 +71,15 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    optimizer_state = trainer.optimizer.full_state()  # collective over DP
     if c.dp_rank == 0:
-        torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                    "scheduler": trainer.scheduler.state_dict(), "step": trainer.step,
-                    "main_params": [m.detach() for m in trainer.main_params] if trainer.main_params is not None else None},
+        torch.save({"model": trainer.model.state_dict(), "optimizer": optimizer_state, "step": trainer.step},
                    tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         layout = groups.layout
-        meta = {"step": trainer.step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+        meta = {"format": FORMAT, "step": trainer.step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
                 "arch": dataclasses.asdict(trainer.arch), "extra": extra or {}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -91,15 +92,18 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
 
 
 def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
-    """Restore model, optimizer, scheduler, step and RNG from ``path``; returns meta["extra"].
+    """Restore model, optimizer, step and RNG from ``path``; returns meta["extra"]. Collective.
 
-    Raises ValueError naming the mismatch when the checkpoint's TP / PP or architecture differ.
+    Raises ValueError naming the mismatch when the checkpoint's format, TP / PP or architecture differ.
     """
     path = Path(path)
     meta_file = path / META
     if not meta_file.is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {META}); pick one listed by latest_checkpoint()")
     meta = json.loads(meta_file.read_text())
+    if meta.get("format", 1) != FORMAT:
+        raise ValueError(f"{path} is a checkpoint of format {meta.get('format', 1)}, this megatron-elo reads format {FORMAT}; "
+                         f"export it to HF with the megatron-elo version that wrote it, then start from that model")
     layout, c = trainer.groups.layout, trainer.groups.coords
     if (meta["tp"], meta["pp"]) != (layout.tp, layout.pp):
         raise ValueError(f"{path} was written with tp={meta['tp']} pp={meta['pp']}, this run has tp={layout.tp} "
@@ -110,15 +114,7 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
     # state there), where tensors saved from cuda:0 would otherwise all land on this node's first GPU
     shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", map_location="cpu", weights_only=False)
     trainer.model.load_state_dict(shard["model"])
-    if trainer.main_params is not None:  # the fp32 weights themselves: the bf16 model holds them rounded
-        if shard.get("main_params") is None:
-            raise ValueError(f"{path} has no fp32 main weights (written by an fp32 trainer); resume with "
-                             f"trainer.precision=fp32, or start from its HF export")
-        with torch.no_grad():
-            for main, saved in zip(trainer.main_params, shard["main_params"], strict=True):
-                main.copy_(saved)
-    trainer.optimizer.load_state_dict(shard["optimizer"])
-    trainer.scheduler.load_state_dict(shard["scheduler"])
+    trainer.optimizer.load_full_state(shard["optimizer"], adam_steps=shard["step"])  # collective over DP
     trainer.step = shard["step"]
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved

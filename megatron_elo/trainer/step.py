@@ -3,11 +3,11 @@
     trainer = PolicyTrainer(model=model, groups=groups, arch=arch, config=cfg.trainer, padded_vocab=V, total_steps=N)
     stats = trainer.train_step(batch)          # batch: this DP rank's TrainBatch
 
-CPU path (tested over gloo): data parallelism by an all-reduce (sum) of gradients over the DP group,
-torch AdamW on each rank's parameter shard (element-wise, so sharding does not change the update),
-pipeline stages driven by hand (forward, send activations, receive output grads, backward) one
-micro-batch at a time. megatron-core's DDP buffers, distributed optimizer and pipeline schedules
-allocate on CUDA and are the GPU path (not wired yet: see the README status table).
+Gradients and the optimizer sit behind ``trainer/optimizer.py``: torch AdamW after a DP all-reduce
+or megatron-core's DDP + (distributed) optimizer (``trainer.optimizer``). With PP > 1 the
+micro-batches cross the stages by megatron-core's 1F1B schedule (``trainer.pipeline_schedule``,
+CUDA) or one at a time, the stages driven by hand (forward, send activations, receive output grads,
+backward; any device). Interleaved (virtual-stage) schedules are not wired.
 
 Loss side (``trainer.kernels``): ``torch`` computes the logits shard and reduces it with
 ``vocab_parallel_logprobs`` + ``reference.policy_loss``; ``triton`` stops the model before its output
@@ -27,9 +27,9 @@ import torch.distributed as dist
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
 from megatron_elo.loss.reference import PolicyLossConfig, broadcast_to_tokens, policy_loss
 from megatron_elo.models.gpt import output_layer_returns_hidden
-from megatron_elo.models.hf_mapping import is_tp_sharded
 from megatron_elo.parallel.groups import ProcessGroups
 from megatron_elo.trainer.logprobs import shift_to_tokens, vocab_parallel_logprobs
+from megatron_elo.trainer.optimizer import TrainerOptimizer, build_optimizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,44 +88,51 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, 
     raise ValueError(f"trainer.lr_schedule must be constant, linear or cosine, got {schedule!r}")
 
 
+def pick_pipeline_schedule(setting: str, *, device: torch.device, pp: int) -> str:
+    """``trainer.pipeline_schedule`` -> the schedule used: ``1f1b`` (megatron-core's, CUDA) or
+    ``sequential`` (stages driven by hand, one micro-batch at a time; any device). auto: 1f1b on
+    CUDA with pp > 1. With pp == 1 there is nothing to pipeline: sequential."""
+    if setting not in ("auto", "sequential", "1f1b"):
+        raise ValueError(f"trainer.pipeline_schedule must be auto, sequential or 1f1b, got {setting!r}")
+    if setting == "1f1b" and device.type != "cuda":
+        raise ValueError("trainer.pipeline_schedule=1f1b: megatron-core's schedules allocate their buffers on CUDA, "
+                         "the model is on the CPU; use trainer.pipeline_schedule=sequential (or auto)")
+    if pp == 1 or setting == "sequential" or (setting == "auto" and device.type != "cuda"):
+        return "sequential"
+    return "1f1b"
+
+
 class PolicyTrainer:
-    """Owns this rank's model shard, its optimizer and schedule, and the step counter.
+    """Owns this rank's model shard, its optimizer (``trainer.optimizer``: see ``trainer/optimizer.py``),
+    the LR schedule and the step counter.
 
     Inputs may live on any device: the trainer moves them to its model's (``self.device``) and keeps
     every tensor it hands to a collective there (NCCL takes only CUDA tensors, gloo both).
 
-    Mixed precision: when the model's parameters are bf16 / fp16, AdamW updates fp32 main copies of
-    them (``main_params``, as megatron-core's Float16Optimizer does) and the model gets the rounded
-    result after each step; updating bf16 weights directly would round away any step smaller than
-    about 1/256 of the weight (lr 1e-6 on weights of 0.02: every step). Gradients are accumulated
-    over micro-batches in the model's dtype.
+    Mixed precision (bf16 / fp16 models): gradients accumulate in fp32 and AdamW updates fp32 main
+    weights, the model getting the rounded result after each step, on either optimizer.
     """
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
-                 padded_vocab: int, total_steps: int, frozen: bool = False):
+                 padded_vocab: int, total_steps: int, frozen: bool = False, distributed_optimizer: bool = False):
         self.model = model
         self.groups = groups
         self.arch = arch
         self.config = config
+        self.total_steps = total_steps
         self.loss_config = PolicyLossConfig.from_trainer(config)
         self.fused = config.kernels == "triton"
         if self.fused:
             import kernels.linear_logprob  # noqa: F401  (fail at start-up, not at the first step, if triton is missing)
         self.local_vocab = padded_vocab // groups.layout.tp
         self.device = next(model.parameters()).device
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in named]
-        # megatron-core marks TP-sharded tensors only when it initialises them; ask the mapping table
-        self._tp_sharded = {id(p) for n, p in named if is_tp_sharded(n)}
-        self.main_params = None  # fp32 copies the optimizer updates when the model is bf16 / fp16
-        if not frozen and any(p.dtype != torch.float32 for p in self.params):  # frozen (the reference): never stepped
-            self.main_params = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
-        self.optimizer = torch.optim.AdamW(self.main_params or self.params, lr=config.lr,
-                                           betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
-                                           foreach=False)
-        min_ratio = config.min_lr / config.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
-            step, warmup_steps=config.warmup_steps, total_steps=total_steps, schedule=config.lr_schedule, min_ratio=min_ratio))
+        self.pipeline_schedule = pick_pipeline_schedule(config.pipeline_schedule, device=self.device, pp=groups.layout.pp)
+        # the loss is divided by the step's global normaliser already: megatron-core's schedules and DDP
+        # must use it as given (no division by the micro-batch count, gradients summed over DP)
+        model.config.calculate_per_token_loss = True
+        # frozen (the KL reference): never stepped, so no gradient buffers or optimizer state at all
+        self.optimizer: TrainerOptimizer | None = None if frozen else build_optimizer(
+            config.optimizer, model=model, groups=groups, arch=arch, config=config, distributed=distributed_optimizer)
         self.step = 0
 
     # ------------------------------------------------------------ forward through the pipeline
@@ -135,11 +142,9 @@ class PolicyTrainer:
         return self.groups.layout.rank_of(tp_rank=c.tp_rank, dp_rank=c.dp_rank, pp_rank=c.pp_rank + offset)
 
     def _stage_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run this stage on ``tokens`` [B, S]; returns (output, received input activation or None).
-        Output on the last stage: the logits shard [B, S, V/tp], or with fused kernels a
-        ``(hidden [B, S, H], output weight [V/tp, H])`` pair; hidden states [S, B, H] elsewhere."""
+        """Receive this stage's input from the previous one (if any) and run it on ``tokens`` [B, S];
+        returns (``_model_forward``'s output, the received input activation or None)."""
         batch, seq = tokens.shape
-        positions = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
         received = None
         if not self.groups.is_first_stage:
             received = torch.empty(seq, batch, self.arch.hidden_size, dtype=next(self.model.parameters()).dtype,
@@ -147,12 +152,45 @@ class PolicyTrainer:
             dist.recv(received, src=self._pp_peer(-1))
             received.requires_grad_(torch.is_grad_enabled())
             self.model.set_input_tensor(received)
+        return self._model_forward(tokens), received
+
+    def _model_forward(self, tokens: torch.Tensor):
+        """This stage on ``tokens`` [B, S] (its input activation already set on later stages). Output
+        on the last stage: the logits shard [B, S, V/tp], or with fused kernels a
+        ``(hidden [B, S, H], output weight [V/tp, H])`` pair; hidden states [S, B, H] elsewhere."""
+        batch, seq = tokens.shape
+        positions = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
         inputs = (tokens if self.groups.is_first_stage else None, positions, None)
         if self.fused and self.groups.is_last_stage:
             with output_layer_returns_hidden(self.model) as output_layer:
                 hidden = self.model(*inputs)
-            return (hidden, output_layer.weight), received
-        return self.model(*inputs), received
+            return hidden, output_layer.weight
+        return self.model(*inputs)
+
+    def _run_1f1b(self, micros: list[TrainBatch], loss_of: Callable, *, forward_only: bool) -> list:
+        """megatron-core's non-interleaved 1F1B schedule over ``micros`` (PP > 1; its p2p buffers
+        allocate on CUDA). ``loss_of(micro, output)`` -> (scalar loss to backpropagate, reported
+        dict) runs on the last stage; returns the reported dicts there, [] elsewhere."""
+        from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+        from megatron.core.pipeline_parallel.schedules import forward_backward_pipelining_without_interleaving
+
+        config = self.model.config
+        config.variable_seq_lengths = True  # stages exchange shapes: the last micro-batch may be shorter
+
+        def forward_step(data_iterator, model):
+            micro = next(data_iterator)
+            output = self._model_forward(micro.tokens)
+            if self.fused and self.groups.is_last_stage:
+                hidden, weight = output  # the schedule hands the loss function its tensor output only
+                return hidden, lambda out: _with_token_count(*loss_of(micro, (out, weight)))
+            return output, lambda out: _with_token_count(*loss_of(micro, out))
+
+        seq = micros[0].tokens.shape[1]
+        return forward_backward_pipelining_without_interleaving(
+            forward_step_func=forward_step, data_iterator=iter(micros), model=self.model, num_microbatches=len(micros),
+            seq_length=seq, micro_batch_size=self.config.micro_batch_size, forward_only=forward_only,
+            p2p_communicator=P2PCommunicator(pp_group=self.groups.pp, config=config),
+            pg_collection=self.groups.megatron_collection())
 
     def _token_logprobs(self, output, tokens: torch.Tensor, *, with_entropy: bool):
         """Last-stage output -> per-token log p(token_t) and entropy, both [B, S] (0 at t = 0)."""
@@ -180,15 +218,23 @@ class PolicyTrainer:
         """log p(token_t | tokens_<t) [B, S] under the current weights (0 at t = 0), on ``tokens``'
         device; returned on the last pipeline stage, None on the others."""
         self.model.eval()
-        outputs = []
         size = micro_batch_size or self.config.micro_batch_size
-        for start in range(0, tokens.shape[0], size):
-            chunk = tokens[start:start + size].to(self.device)
-            output, _ = self._stage_forward(chunk)
-            if not self.groups.is_last_stage:
-                dist.send(output.contiguous(), dst=self._pp_peer(+1))
-                continue
-            outputs.append(self._token_logprobs(output, chunk, with_entropy=False)[0])
+        chunks = [tokens[start:start + size].to(self.device) for start in range(0, tokens.shape[0], size)]
+        if self.pipeline_schedule == "1f1b":
+            def logprobs_of(micro: TrainBatch, output):
+                logprobs = self._token_logprobs(output, micro.tokens, with_entropy=False)[0]
+                return torch.zeros((), device=self.device), {"logprobs": logprobs}
+
+            micros = [_tokens_only(chunk) for chunk in chunks]
+            outputs = [reported["logprobs"] for reported in self._run_1f1b(micros, logprobs_of, forward_only=True)]
+        else:
+            outputs = []
+            for chunk in chunks:
+                output, _ = self._stage_forward(chunk)
+                if not self.groups.is_last_stage:
+                    dist.send(output.contiguous(), dst=self._pp_peer(+1))
+                    continue
+                outputs.append(self._token_logprobs(output, chunk, with_entropy=False)[0])
         self.model.train()
         return torch.cat(outputs).to(tokens.device) if outputs else None
 
@@ -208,14 +254,31 @@ class PolicyTrainer:
         """Accumulate gradients of the whole batch and synchronise them (DP sum, tied embeddings).
         Returns the summed loss statistics (before the optimizer step)."""
         normalizer = self._loss_normalizer(batch)
+        self.optimizer.zero_grad()
         totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, pg, kl, entropy, clipped-token count
-        for micro in batch.micro_batches(self.config.micro_batch_size):
+
+        def loss_of(micro: TrainBatch, output):
+            loss, stats, clipped = self._micro_loss(output, micro, normalizer)
+            totals.add_(torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64,
+                                     device=self.device))
+            return loss, {}
+
+        micros = list(batch.micro_batches(self.config.micro_batch_size))
+        if self.pipeline_schedule == "1f1b":
+            self._run_1f1b(micros, loss_of, forward_only=False)
+        else:
+            self._forward_backward_sequential(micros, loss_of)
+        self.optimizer.finish_grads()
+        return self._share_stats(totals, batch)
+
+    def _forward_backward_sequential(self, micros: list[TrainBatch], loss_of: Callable) -> None:
+        """One micro-batch at a time through every stage, forward then backward (all stages but the
+        active one wait: with PP stages, each is busy 1/PP of the time)."""
+        for micro in micros:
             output, received = self._stage_forward(micro.tokens)
             if self.groups.is_last_stage:
-                loss, stats, clipped = self._micro_loss(output, micro, normalizer)
+                loss, _ = loss_of(micro, output)
                 loss.backward()
-                totals += torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64,
-                                       device=self.device)
             else:
                 dist.send(output.detach().contiguous(), dst=self._pp_peer(+1))
                 grad = torch.empty_like(output)
@@ -223,8 +286,6 @@ class PolicyTrainer:
                 output.backward(grad)
             if received is not None:
                 dist.send(received.grad.contiguous(), dst=self._pp_peer(-1))
-        self._sync_grads()
-        return self._share_stats(totals, batch)
 
     def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
         logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
@@ -255,62 +316,16 @@ class PolicyTrainer:
         return {"loss": loss, "pg_loss": pg_loss, "kl": kl, "entropy": entropy,
                 "clip_fraction": clipped / max(tokens, 1.0), "response_tokens": tokens}
 
-    def _sync_grads(self) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        for p, g in zip(self.params, grads, strict=True):
-            p.grad = g
-        if self.groups.layout.dp > 1:  # one flat all-reduce instead of one per tensor
-            flat = torch._utils._flatten_dense_tensors(grads)
-            dist.all_reduce(flat, group=self.groups.dp)
-            for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-                g.copy_(synced)
-        tied = self._tied_embedding()
-        if tied is not None:
-            dist.all_reduce(tied.grad, group=self.groups.embedding)
-
-    def _tied_embedding(self) -> torch.nn.Parameter | None:
-        """The embedding copy this stage holds when embeddings are tied across stages (pp > 1)."""
-        if not self.arch.tie_word_embeddings or self.groups.embedding is None:
-            return None
-        if self.groups.is_first_stage:
-            return self.model.embedding.word_embeddings.weight
-        if self.groups.is_last_stage:
-            return self.model.output_layer.weight
-        return None
-
-    def grad_norm(self) -> float:
-        """Global L2 norm of the gradient over the whole model: TP-sharded tensors summed over TP,
-        replicated ones counted once, stages summed over PP, the tied copy on the last stage skipped."""
-        squares = torch.zeros(1, dtype=torch.float64, device=self.device)
-        skip = self.model.output_layer.weight if (self._tied_embedding() is not None and not self.groups.is_first_stage) else None
-        for p in self.params:
-            if p is skip:
-                continue
-            if id(p) in self._tp_sharded or self.groups.coords.tp_rank == 0:
-                squares += p.grad.detach().double().pow(2).sum()
-        dist.all_reduce(squares, group=self.groups.model)
-        return float(squares.sqrt().item())
+    def current_lr(self) -> float:
+        """The learning rate of the next optimizer step (warmup, then the decay schedule)."""
+        return self.config.lr * lr_factor(self.step, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps,
+                                          schedule=self.config.lr_schedule,
+                                          min_ratio=self.config.min_lr / self.config.lr)
 
     def optimizer_step(self) -> tuple[float, float]:
-        """Clip to ``grad_clip`` by the global norm, step AdamW and the schedule; returns (norm, lr used)."""
-        norm = self.grad_norm()
-        if self.main_params is not None:
-            for main, p in zip(self.main_params, self.params, strict=True):
-                main.grad = p.grad.float()
-                p.grad = None
-        optimized = self.main_params or self.params
-        if self.config.grad_clip > 0 and norm > self.config.grad_clip:
-            scale = self.config.grad_clip / (norm + 1e-6)
-            for p in optimized:
-                p.grad.mul_(scale)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.main_params is not None:
-            with torch.no_grad():
-                for main, p in zip(self.main_params, self.params, strict=True):
-                    p.copy_(main)  # rounded to the model's dtype
+        """Clip by the global norm, step AdamW at this step's LR; returns (grad norm, lr used)."""
+        lr = self.current_lr()
+        norm = self.optimizer.step(lr=lr)
         self.step += 1
         return norm, lr
 
@@ -324,3 +339,16 @@ class PolicyTrainer:
         return StepStats(loss=summed["loss"], pg_loss=summed["pg_loss"], kl=summed["kl"], entropy=summed["entropy"],
                          clip_fraction=summed["clip_fraction"], grad_norm=norm, lr=lr,
                          response_tokens=int(summed["response_tokens"]))
+
+
+def _with_token_count(loss: torch.Tensor, reported: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """megatron-core's three-value loss-function result. The count is a placeholder: the model's
+    ``calculate_per_token_loss`` (set by the trainer) makes the schedule use the loss as given (it is
+    divided by the step's global normaliser already) instead of dividing it by the count."""
+    return loss, torch.ones((), dtype=torch.int), reported
+
+
+def _tokens_only(tokens: torch.Tensor) -> TrainBatch:
+    """A TrainBatch carrying only ``tokens`` [B, S], for forward-only passes through the schedule."""
+    empty = torch.zeros(0, device=tokens.device)
+    return TrainBatch(tokens=tokens, response_mask=empty, advantages=empty, old_logprobs=empty)
