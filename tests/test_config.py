@@ -198,6 +198,11 @@ def test_megatron_core_optimizer_and_schedule_need_cuda():
         tiny("trainer.pipeline_schedule=1f1b")
 
 
+def test_sequence_parallel_is_refused_rather_than_ignored():
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel: not supported yet .* set it false"):
+        tiny("parallel.sequence_parallel=true")
+
+
 def test_heads_kv_heads_ffn_and_vocab_must_divide_by_tp():
     with pytest.raises(ConfigError) as excinfo:
         tiny_random("parallel.tp=3", "cluster.devices_per_node=3", "model.arch.vocab_size=128",

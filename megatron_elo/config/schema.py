@@ -115,7 +115,7 @@ class ParallelConfig:
     tp: int = opt(1, "Tensor-parallel size.")
     pp: int = opt(1, "Pipeline-parallel size.")
     dp: int = opt(1, "Data-parallel size.")
-    sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1).")
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism: not supported yet (validation refuses true).")
     distributed_optimizer: bool = opt(True, "With trainer.optimizer megatron_core: shard fp32 main weights and Adam state "
                                             "over DP (megatron-core's distributed optimizer).")
 

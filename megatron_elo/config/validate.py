@@ -192,7 +192,9 @@ def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> Non
             f"parallel: tp*pp*dp = {p.tp}*{p.pp}*{p.dp} = {product} does not equal the trainer world size {world_size} "
             f"({nodes} trainer node(s) x cluster.devices_per_node={cfg.cluster.devices_per_node}); set {fix}"
         )
-    check.need(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel: needs parallel.tp > 1")
+    check.need(not p.sequence_parallel,
+               "parallel.sequence_parallel: not supported yet (megatron-core's local-spec norms refuse it, and the "
+               "trainer's pipeline buffers, fused log-prob path and gradient sync assume whole sequences); set it false")
     arch = cfg.model.arch
     assert arch is not None
     _check_arch_tp(arch, p.tp, "parallel.tp", "model.arch", check, check_vocab=cfg.model.pad_vocab_to_multiple_of is None)
