@@ -460,32 +460,43 @@ def test_megatron_core_optimizer_refuses_a_cpu_model(model_dir):
     assert "trainer.optimizer=megatron_core needs the model on CUDA" in message and "trainer.optimizer=torch" in message
 
 
-def save_then_report(rank, world_size, model_dir, batch, ckpt_root):
+def save_then_report(rank, world_size, model_dir, batch, ckpt_root, optimizer="auto"):
     from megatron_elo.trainer.checkpoint import save_checkpoint
 
-    trainer = _trainer(model_dir, 1, 1)
-    trainer.train_step(_dp_slice(batch, trainer.groups))
-    save_checkpoint(trainer, ckpt_root)
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.full_state()
+    with _devices_for(optimizer):
+        trainer = _trainer(model_dir, 1, 1, optimizer=optimizer, distributed_optimizer=True)
+        trainer.train_step(_dp_slice(batch, trainer.groups))
+        save_checkpoint(trainer, ckpt_root)
+        state = trainer.optimizer.full_state()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, state
 
 
-def load_then_report(rank, world_size, model_dir, ckpt_root, precision="fp32"):
+def load_then_report(rank, world_size, model_dir, ckpt_root, precision="fp32", optimizer="auto"):
     from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint
 
-    trainer = _trainer(model_dir, 1, 1, precision=precision)
-    load_checkpoint(trainer, latest_checkpoint(ckpt_root))
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.optimizer.full_state(), trainer.step
+    with _devices_for(optimizer):
+        trainer = _trainer(model_dir, 1, 1, precision=precision, optimizer=optimizer, distributed_optimizer=True)
+        load_checkpoint(trainer, latest_checkpoint(ckpt_root))
+        state = trainer.optimizer.full_state()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, state, trainer.step
 
 
-def test_resume_with_a_different_dp_size(model_dir, tmp_path):
-    saved_weights, saved_optimizer = run_distributed(save_then_report, 2, model_dir, make_batch(model_dir), str(tmp_path))[0]
-    weights, optimizer, step = run_distributed(load_then_report, 1, model_dir, str(tmp_path))[0]
+@pytest.mark.parametrize("saved_dp, loaded_dp, optimizer", [(2, 1, "auto"), (2, 1, "megatron_core_on_cpu"),
+                                                            (1, 2, "megatron_core_on_cpu")],
+                         ids=["torch-dp2-to-dp1", "distributed-dp2-to-dp1", "distributed-dp1-to-dp2"])
+def test_resume_with_a_different_dp_size(model_dir, tmp_path, saved_dp, loaded_dp, optimizer):
+    """The checkpoint's optimizer state is whole over DP: megatron-core's distributed optimizer
+    gathers its shards to save, and each rank of another DP size takes its own slice to load."""
+    saved_weights, saved_optimizer = run_distributed(save_then_report, saved_dp, model_dir, make_batch(model_dir),
+                                                     str(tmp_path), optimizer)[0]
+    weights, optimizer_state, step = run_distributed(load_then_report, loaded_dp, model_dir, str(tmp_path), "fp32",
+                                                     optimizer)[-1]
     assert step == 1 and all(torch.equal(weights[k], saved_weights[k]) for k in weights)
-    assert saved_optimizer.keys() == optimizer.keys()
+    assert saved_optimizer.keys() == optimizer_state.keys()
     for name, state in saved_optimizer.items():
         assert state["exp_avg_sq"].abs().sum() > 0, name  # a real Adam state, not the zeros of a fresh one
         for key in ("main", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(optimizer[name][key], state[key]), (name, key)
+            assert torch.equal(optimizer_state[name][key], state[key]), (name, key)
 
 
 def test_an_fp32_checkpoint_resumes_in_bf16_with_exact_main_weights(model_dir, tmp_path):
