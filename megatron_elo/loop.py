@@ -320,12 +320,13 @@ class EloEvolveRun:
     def _build_trainer(self, model: ModelConfig, *, frozen: bool = False) -> PolicyTrainer:
         from megatron_elo.parallel.layout import ParallelLayout
         from megatron_elo.trainer.build import build_policy_trainer
+        from megatron_elo.trainer.optimizer import DataParallelOptions
 
         return build_policy_trainer(model.path, ParallelLayout.from_config(self.cfg), self.cfg.trainer,
                                     total_steps=self.cfg.trainer.steps, dtype=self.cfg.trainer.precision,
                                     device=self.cfg.cluster.device,
                                     pad_vocab_to_multiple_of=model.pad_vocab_to_multiple_of, frozen=frozen,
-                                    distributed_optimizer=self.cfg.parallel.distributed_optimizer)
+                                    data_parallel=DataParallelOptions.from_config(self.cfg.parallel))
 
     # ------------------------------------------------------------ one step
 

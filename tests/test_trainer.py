@@ -47,7 +47,7 @@ def make_batch(model_dir: str, *, seed: int = 0, size: int = 8, seq: int = 12) -
 
 def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: str = "torch", device: str = "cpu",
              precision: str = "fp32", lr: float = TRAINER.lr, optimizer: str = "auto", distributed_optimizer: bool = False,
-             pipeline_schedule: str = "auto", **config_overrides):
+             pipeline_schedule: str = "auto", overlap_grad_reduce: bool = False, **config_overrides):
     """This rank's trainer. ``optimizer="megatron_core_on_cpu"`` / ``pipeline_schedule="1f1b_on_cpu"``:
     megatron-core's DDP + optimizer / 1F1B schedule on a CPU model, for use inside ``cuda_on_cpu()``
     (the trainer itself refuses both on a CPU model)."""
@@ -57,17 +57,18 @@ def _trainer(model_dir: str, tp: int, pp: int, total_steps: int = 10, kernels: s
 
     from megatron_elo.parallel.layout import ParallelLayout
     from megatron_elo.trainer.build import build_policy_trainer
-    from megatron_elo.trainer.optimizer import MegatronCoreOptimizer
+    from megatron_elo.trainer.optimizer import DataParallelOptions, MegatronCoreOptimizer
 
     layout = ParallelLayout(tp=tp, pp=pp, dp=dist.get_world_size() // (tp * pp))
     shimmed = optimizer == "megatron_core_on_cpu"
+    data_parallel = DataParallelOptions(distributed_optimizer=distributed_optimizer, overlap_grad_reduce=overlap_grad_reduce)
     config = dataclasses.replace(TRAINER, kernels=kernels, precision=precision, lr=lr,
                                  optimizer="auto" if shimmed else optimizer, **config_overrides)
     trainer = build_policy_trainer(model_dir, layout, config, total_steps=total_steps, pad_vocab_to_multiple_of=16,
-                                   device=device, dtype=precision, distributed_optimizer=distributed_optimizer, frozen=shimmed)
+                                   device=device, dtype=precision, data_parallel=data_parallel, frozen=shimmed)
     if shimmed:
         trainer.optimizer = MegatronCoreOptimizer(model=trainer.model, groups=trainer.groups, arch=trainer.arch,
-                                                  config=config, distributed=distributed_optimizer)
+                                                  config=config, data_parallel=data_parallel)
     if pipeline_schedule == "1f1b_on_cpu":
         trainer.pipeline_schedule = "1f1b"
     else:
@@ -91,11 +92,12 @@ def _dp_slice(batch: TrainBatch, groups) -> TrainBatch:
 
 
 def grads_then_steps(rank, world_size, model_dir, tp, pp, batches, kernels="torch", device="cpu", optimizer="auto",
-                     distributed_optimizer=False, pipeline_schedule="auto"):
+                     distributed_optimizer=False, pipeline_schedule="auto", overlap_grad_reduce=False):
     """Gradients of the first batch, then the weights after one optimizer step per batch (returned on the CPU)."""
     with _devices_for(optimizer, pipeline_schedule):
         trainer = _trainer(model_dir, tp, pp, kernels=kernels, device=device, optimizer=optimizer,
-                           distributed_optimizer=distributed_optimizer, pipeline_schedule=pipeline_schedule)
+                           distributed_optimizer=distributed_optimizer, pipeline_schedule=pipeline_schedule,
+                           overlap_grad_reduce=overlap_grad_reduce)
         stats = trainer.forward_backward(_dp_slice(batches[0], trainer.groups).to(trainer.device))
         grads = {n: g.cpu().clone() for n, g in trainer.optimizer.named_grads().items()}
         norm, _ = trainer.optimizer_step()
@@ -154,16 +156,20 @@ def test_loss_grads_and_updates_match_the_single_process_run(model_dir, referenc
     _assert_layout_matches(results, reference, tp, pp)
 
 
-@pytest.mark.parametrize("tp, pp, dp, distributed", [(1, 1, 2, False), (1, 1, 2, True), (2, 1, 1, True), (1, 2, 2, True)],
-                         ids=["dp2-plain", "dp2-distributed", "tp2-distributed", "pp2-dp2-tied-distributed"])
-def test_megatron_core_optimizer_matches_the_single_process_run(model_dir, reference, tp, pp, dp, distributed):
+@pytest.mark.parametrize("tp, pp, dp, distributed, overlap", [
+    (1, 1, 2, False, False), (1, 1, 2, True, False), (2, 1, 1, True, False), (1, 2, 2, True, False),
+    (1, 1, 2, True, True), (1, 2, 2, True, True)],
+    ids=["dp2-plain", "dp2-distributed", "tp2-distributed", "pp2-dp2-tied-distributed", "dp2-distributed-overlap",
+         "pp2-dp2-tied-distributed-overlap"])
+def test_megatron_core_optimizer_matches_the_single_process_run(model_dir, reference, tp, pp, dp, distributed, overlap):
     """megatron-core's own DDP (fp32 grad buckets, all-reduce or reduce-scatter + all-gather) and
     optimizer (plain, or distributed: state sharded over DP), its CUDA allocations sent to the CPU
     (tests/cuda_on_cpu.py), take the torch optimizer's single-process step in every layout. PP=2 x
     DP=2 with tied embeddings: the embedding's two copies must sit in their own buckets, else the two
-    stages shard them differently over DP and summing the copies mixes unreduced slices."""
+    stages shard them differently over DP and summing the copies mixes unreduced slices. Overlap:
+    buckets reduce asynchronously during the last micro-batch's backward (from the second step on)."""
     results = run_distributed(grads_then_steps, tp * pp * dp, model_dir, tp, pp, reference[0], "torch", "cpu",
-                              "megatron_core_on_cpu", distributed)
+                              "megatron_core_on_cpu", distributed, "auto", overlap)
     _assert_layout_matches(results, reference, tp, pp)
 
 
@@ -190,6 +196,18 @@ def test_train_step_on_cuda_equals_the_cpu_step(model_dir, reference, kernels):
     batches = reference[0]
     _assert_matches_reference(run_distributed(grads_then_steps, 1, model_dir, 1, 1, batches, kernels, "cuda", "torch",
                                               backend="nccl")[0], reference)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (one per pipeline stage)")
+def test_1f1b_on_two_gpus_matches_the_cpu_step(model_dir, reference):
+    """PP=2 on two GPUs, the GPU defaults (megatron-core's 1F1B schedule, its distributed optimizer):
+    the CPU reference's loss, norm, gradients and updates."""
+    results = run_distributed(grads_then_steps, 2, model_dir, 1, 2, reference[0], "torch", "cuda", "auto", True,
+                              backend="nccl")
+    grads, weights = _merge(results, 1, 2)
+    _, stats, norm, _, _ = results[-1]
+    _assert_matches_reference((None, stats, norm, grads, weights), reference)
 
 
 @pytest.mark.gpu
@@ -280,19 +298,46 @@ def test_resume_is_bit_exact(model_dir, tmp_path, precision):
     _assert_same_run(straight, resumed)
 
 
+def reductions_in_flight_at_finish(rank, world_size, model_dir, batches):
+    """Per step: whether each gradient bucket's DP reduction was already under way when the trainer
+    came to finish it (megatron-core's DDP with overlap, on the CPU)."""
+    with _devices_for("megatron_core_on_cpu"):
+        trainer = _trainer(model_dir, 1, 1, optimizer="megatron_core_on_cpu", distributed_optimizer=True,
+                           overlap_grad_reduce=True)
+        ddp, seen = trainer.optimizer.ddp, []
+        finish = ddp.finish_grad_sync
+
+        def observed_finish(*args, **kwargs):
+            seen.append([group.grad_reduce_handle is not None for group in ddp.bucket_groups])
+            return finish(*args, **kwargs)
+
+        ddp.finish_grad_sync = observed_finish
+        for batch in batches:
+            trainer.train_step(_dp_slice(batch, trainer.groups))
+    return seen
+
+
+def test_overlap_starts_the_reduction_inside_the_backward(model_dir):
+    """With parallel.overlap_grad_reduce the reduction is dispatched during the last micro-batch's
+    backward from the second step on (the first step learns which gradients each bucket waits for)."""
+    seen = run_distributed(reductions_in_flight_at_finish, 2, model_dir, [make_batch(model_dir, seed=s) for s in range(3)])[0]
+    assert seen[0] == [False] * len(seen[0]) and all(all(step) for step in seen[1:]), seen
+
+
 @pytest.mark.parametrize("kernels, optimizer, dp", [("torch", "torch", 1), ("triton", "torch", 1),
                                                    ("torch", "megatron_core_on_cpu", 2)],
-                         ids=["torch", "triton", "megatron-core-optimizer-dp2"])
+                         ids=["torch", "triton", "megatron-core-optimizer-dp2-overlap"])
 def test_1f1b_schedule_matches_the_single_process_run(model_dir, reference, kernels, optimizer, dp):
     """megatron-core's 1F1B pipeline schedule at PP=2 (four micro-batches: both stages busy at once),
     its CUDA buffers sent to the CPU (tests/cuda_on_cpu.py), against TP = PP = DP = 1; with the fused
-    loss kernels too, and with megatron-core's distributed optimizer at DP=2 (the GPU default)."""
+    loss kernels too, and with megatron-core's distributed optimizer at DP=2 (the GPU default) reducing
+    buckets during the last backward (the schedule's no_sync hook holds them back before)."""
     if kernels == "triton":
         pytest.importorskip("triton")
         if torch.cuda.is_available():
             pytest.skip("CPU ranks run Triton through its interpreter, which is off where CUDA is present")
     results = run_distributed(grads_then_steps, 2 * dp, model_dir, 1, 2, reference[0], kernels, "cpu", optimizer, True,
-                              "1f1b_on_cpu")
+                              "1f1b_on_cpu", dp > 1)
     _assert_layout_matches(results, reference, 1, 2)
 
 

@@ -118,6 +118,8 @@ class ParallelConfig:
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism: not supported yet (validation refuses true).")
     distributed_optimizer: bool = opt(True, "With trainer.optimizer megatron_core: shard fp32 main weights and Adam state "
                                             "over DP (megatron-core's distributed optimizer).")
+    overlap_grad_reduce: bool = opt(False, "With trainer.optimizer megatron_core: start each gradient bucket's DP "
+                                           "reduction during the last micro-batch's backward (hides it behind compute).")
 
 
 @dataclass(kw_only=True)

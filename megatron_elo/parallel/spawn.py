@@ -35,6 +35,8 @@ def _worker(rank: int, world_size: int, port: int, backend: str, fn, args, queue
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))  # one node: vLLM's external_launcher reads LOCAL_RANK
     try:
+        if backend == "nccl":  # one process per GPU
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         buffer = io.BytesIO()  # bytes, not shared-memory tensors: those vanish when this process exits
         torch.save(fn(rank, world_size, *args), buffer)

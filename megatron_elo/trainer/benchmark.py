@@ -8,8 +8,9 @@ One process (TP = PP = DP = 1), random weights and tokens, the whole step as the
 micro-batched forward + backward of the clipped policy-gradient loss over half of each row as
 response tokens, grad clipping, AdamW. Per ``--kernels`` x ``--optimizer`` setting it prints the median step time of
 ``--steps`` steps after ``--warmup``, tokens/s (all tokens of the batch), MFU against ``--peak-tflops``
-(default: the H100's dense bf16 989 TFLOP/s on CUDA; none on CPU) and the peak memory (CUDA: allocated
-above the model and optimizer; CPU: the process's peak RSS). The reference row is issue #5's
+(default: the H100's dense bf16 989 TFLOP/s on CUDA; none on CPU) and the peak memory (CUDA: the most
+allocated at once, model, gradients and optimizer state included, comparable across optimizers that
+allocate their buffers at build or during the step; CPU: the process's peak RSS). The reference row is issue #5's
 measurement on an H100 (megatron-core local spec + SDPA, bf16, Qwen2.5-1.5B shape, 4 x 2048).
 
 MFU counts the model's matmul flops (Megatron's convention, full attention score matrices): per token
@@ -20,6 +21,7 @@ the output layer; backward twice that.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import time
@@ -84,6 +86,7 @@ def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer
     from megatron_elo.models.gpt import build_gpt_model
     from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
+    from megatron_elo.trainer.optimizer import DataParallelOptions
     from megatron_elo.trainer.step import PolicyTrainer
 
     groups = build_process_groups(ParallelLayout(tp=1, pp=1, dp=1))
@@ -94,7 +97,7 @@ def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer
     config = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch or args.batch, global_batch_size=args.batch,
                            kernels=kernels, precision=args.dtype, optimizer=optimizer)
     return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6,
-                         distributed_optimizer=args.distributed_optimizer)
+                         data_parallel=DataParallelOptions(distributed_optimizer=args.distributed_optimizer))
 
 
 def _batch(arch: ArchConfig, args: argparse.Namespace, trainer):
@@ -116,10 +119,10 @@ def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRo
     batch = _batch(arch, args, trainer)
     cuda = args.device == "cuda"
     if cuda:
-        torch.cuda.empty_cache()  # the previous setting's trainer is gone
+        gc.collect()  # the previous setting's trainer (megatron-core's DDP hooks make reference cycles)
+        torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     times = []
     for index in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -132,15 +135,16 @@ def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRo
     tokens_per_s = args.batch * args.seq / step_s
     peak = args.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
     mfu = tokens_per_s * train_flops_per_token(arch, args.seq) / (peak * 1e12) if peak else None
-    peak_gb = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return TrainerRow(kernels=kernels, optimizer=type(trainer.optimizer).__name__, step_ms=step_s * 1e3, tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return TrainerRow(kernels=kernels, optimizer=type(trainer.optimizer).__name__, step_ms=step_s * 1e3,
+                      tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
 
 
 def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
     """The markdown table with the device, shape and the reference beside."""
     from megatron_elo.utils.report import device_label
 
-    memory = "peak GB above model" if args.device == "cuda" else "process peak RSS GB"
+    memory = "peak GB allocated" if args.device == "cuda" else "process peak RSS GB"
     lines = [f"bench trainer on {device_label(args.device, 'one process')}: shape {args.shape}, batch {args.batch} x {args.seq}, "
              f"micro-batch {args.micro_batch or args.batch}, {args.dtype}, median of {args.steps} after {args.warmup} warm-up",
              "", f"| kernels | optimizer | step ms | tokens/s | MFU | {memory} |", "|---|---|---|---|---|---|"]

@@ -23,7 +23,10 @@ checkpoint moves between the two, between DP sizes and between precisions.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -37,11 +40,33 @@ ADAM_EPS = 1e-8
 STATE_KEYS = ("main", "exp_avg", "exp_avg_sq")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataParallelOptions:
+    """How gradients and optimizer state meet the DP group (``parallel.*``; megatron_core only)."""
+
+    distributed_optimizer: bool = False
+    """Shard fp32 main weights and Adam state over DP (reduce-scatter gradients, all-gather weights)."""
+    overlap_grad_reduce: bool = False
+    """Start each gradient bucket's DP reduction during the last micro-batch's backward, as soon as
+    the bucket is complete, instead of after the whole backward."""
+
+    @classmethod
+    def from_config(cls, parallel) -> DataParallelOptions:
+        """From a validated ``ParallelConfig``."""
+        return cls(distributed_optimizer=parallel.distributed_optimizer, overlap_grad_reduce=parallel.overlap_grad_reduce)
+
+
+NO_DATA_PARALLEL_OPTIONS = DataParallelOptions()
+
+
 class TrainerOptimizer(Protocol):
     """What the train step needs from gradients and the optimizer, whichever implementation."""
 
     def zero_grad(self) -> None:
         """Empty the gradient accumulators before a step's first micro-batch."""
+
+    def no_sync(self) -> AbstractContextManager:
+        """Around every micro-batch's backward but the last: accumulate only, start no DP reduction."""
 
     def finish_grads(self) -> None:
         """After the last micro-batch's backward: sum gradients over DP (and a tied embedding's two copies)."""
@@ -56,7 +81,8 @@ class TrainerOptimizer(Protocol):
 
     def full_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per parameter name: fp32 ``main`` weight and Adam ``exp_avg`` / ``exp_avg_sq``, each the
-        shape of this rank's (tp, pp) shard of the parameter, whole (gathered over DP if sharded).
+        shape of this rank's (tp, pp) shard of the parameter, whole (gathered over DP if sharded), on
+        the CPU (one parameter at a time leaves the device: no second copy of the state there).
         Collective over the DP group."""
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]], *, adam_steps: int) -> None:
@@ -65,9 +91,10 @@ class TrainerOptimizer(Protocol):
 
 
 def build_optimizer(kind: str, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
-                    distributed: bool = False) -> TrainerOptimizer:
+                    data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS) -> TrainerOptimizer:
     """``kind`` auto / torch / megatron_core (``trainer.optimizer``); auto takes megatron_core when the
-    model is on CUDA. ``distributed``: megatron-core's distributed optimizer (``parallel.distributed_optimizer``)."""
+    model is on CUDA. ``data_parallel`` applies to megatron_core (the torch optimizer always all-reduces
+    once after the backward and keeps the whole state on every rank)."""
     on_cuda = next(model.parameters()).device.type == "cuda"
     if kind == "auto":
         kind = "megatron_core" if on_cuda else "torch"
@@ -77,7 +104,7 @@ def build_optimizer(kind: str, *, model: torch.nn.Module, groups: ProcessGroups,
         if not on_cuda:
             raise ValueError("trainer.optimizer=megatron_core needs the model on CUDA (megatron-core's grad buffers "
                              "and optimizer allocate there); use trainer.optimizer=torch (or auto) on CPU")
-        return MegatronCoreOptimizer(model=model, groups=groups, arch=arch, config=config, distributed=distributed)
+        return MegatronCoreOptimizer(model=model, groups=groups, arch=arch, config=config, data_parallel=data_parallel)
     raise ValueError(f"trainer.optimizer must be auto, torch or megatron_core, got {kind!r}")
 
 
@@ -142,6 +169,9 @@ class TorchOptimizer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=ADAM_EPS, foreach=False)
 
+    def no_sync(self) -> AbstractContextManager:
+        return contextlib.nullcontext()  # nothing starts before finish_grads
+
     def zero_grad(self) -> None:
         for param, main in zip(self.params, self.main_params, strict=True):
             param.grad = None
@@ -197,8 +227,9 @@ class TorchOptimizer:
         state = {}
         for name, main in zip(self.names, self.main_params, strict=True):
             adam = self.optimizer.state.get(main, {})
-            state[name] = {"main": main.detach().clone(), "exp_avg": adam.get("exp_avg", torch.zeros_like(main)).clone(),
-                           "exp_avg_sq": adam.get("exp_avg_sq", torch.zeros_like(main)).clone()}
+            tensors = {"main": main.detach(), "exp_avg": adam.get("exp_avg", torch.zeros_like(main)),
+                       "exp_avg_sq": adam.get("exp_avg_sq", torch.zeros_like(main))}
+            state[name] = {key: tensor.to("cpu", copy=True) for key, tensor in tensors.items()}
         return state
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]], *, adam_steps: int) -> None:
@@ -239,13 +270,13 @@ class MegatronCoreOptimizer:
     """megatron-core's DistributedDataParallel + optimizer (Float16 / FP32, or Distributed), CUDA only.
 
     The model is wrapped in place (megatron's DDP hooks add each gradient into fp32 ``main_grad``
-    buffers); the trainer keeps calling the unwrapped module. With ``distributed`` the fp32 main
-    weights and Adam state are sharded over DP (reduce-scatter of gradients, all-gather of weights).
+    buffers); the trainer keeps calling the unwrapped module. ``data_parallel``: the distributed
+    optimizer (fp32 main weights and Adam state sharded over DP) and overlapped bucket reduction.
     transformer-engine's FusedAdam is used when importable (NGC), else torch AdamW: megatron-core's choice.
     """
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
-                 distributed: bool):
+                 data_parallel: DataParallelOptions):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -253,7 +284,8 @@ class MegatronCoreOptimizer:
         named = _trainable(model)
         self.names = [name for name, _ in named]
         self.params = [param for _, param in named]
-        self.groups, self.config, self.distributed = groups, config, distributed
+        self.groups, self.config = groups, config
+        self.distributed = distributed = data_parallel.distributed_optimizer
         tied = tied_embedding_copy(model, arch, groups)
         self._tied = tied
         dtype = self.params[0].dtype if any(p.dtype != torch.float32 for p in self.params) else torch.float32
@@ -265,7 +297,8 @@ class MegatronCoreOptimizer:
         collection.expt_dp = single_rank_group()  # no experts: else DDP creates one per rank, uncollectively
         collection.tp_ep_pp = None
         collection.intra_dist_opt = dist.group.WORLD  # grad norm of the sharded state: over every trainer rank
-        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                                   overlap_grad_reduce=data_parallel.overlap_grad_reduce,
                                                    use_distributed_optimizer=distributed, average_in_collective=False,
                                                    check_for_nan_in_grad=False)
         self.ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model,
@@ -278,6 +311,9 @@ class MegatronCoreOptimizer:
             use_distributed_optimizer=distributed)
         self.optimizer = get_megatron_optimizer(optimizer_config, [self.ddp], use_gloo_process_groups=False,
                                                 pg_collection=collection)
+
+    def no_sync(self) -> AbstractContextManager:
+        return self.ddp.no_sync()
 
     def zero_grad(self) -> None:
         self.ddp.zero_grad_buffer()
@@ -344,7 +380,7 @@ class MegatronCoreOptimizer:
             if self.distributed and self.groups.layout.dp > 1:  # each element is owned by one DP rank: a sum gathers
                 for key in STATE_KEYS:
                     dist.all_reduce(full[key], group=self.groups.dp)
-            state[name] = {key: tensor.view(param.shape) for key, tensor in full.items()}
+            state[name] = {key: tensor.view(param.shape).cpu() for key, tensor in full.items()}
         return state
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]], *, adam_steps: int) -> None:

@@ -17,6 +17,7 @@ layer and runs the fused linear log-prob + entropy kernel on the hidden states a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -29,7 +30,12 @@ from megatron_elo.loss.reference import PolicyLossConfig, broadcast_to_tokens, p
 from megatron_elo.models.gpt import output_layer_returns_hidden
 from megatron_elo.parallel.groups import ProcessGroups
 from megatron_elo.trainer.logprobs import shift_to_tokens, vocab_parallel_logprobs
-from megatron_elo.trainer.optimizer import TrainerOptimizer, build_optimizer
+from megatron_elo.trainer.optimizer import (
+    NO_DATA_PARALLEL_OPTIONS,
+    DataParallelOptions,
+    TrainerOptimizer,
+    build_optimizer,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +120,8 @@ class PolicyTrainer:
     """
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
-                 padded_vocab: int, total_steps: int, frozen: bool = False, distributed_optimizer: bool = False):
+                 padded_vocab: int, total_steps: int, frozen: bool = False,
+                 data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS):
         self.model = model
         self.groups = groups
         self.arch = arch
@@ -132,7 +139,7 @@ class PolicyTrainer:
         model.config.calculate_per_token_loss = True
         # frozen (the KL reference): never stepped, so no gradient buffers or optimizer state at all
         self.optimizer: TrainerOptimizer | None = None if frozen else build_optimizer(
-            config.optimizer, model=model, groups=groups, arch=arch, config=config, distributed=distributed_optimizer)
+            config.optimizer, model=model, groups=groups, arch=arch, config=config, data_parallel=data_parallel)
         self.step = 0
 
     # ------------------------------------------------------------ forward through the pipeline
@@ -176,6 +183,8 @@ class PolicyTrainer:
 
         config = self.model.config
         config.variable_seq_lengths = True  # stages exchange shapes: the last micro-batch may be shorter
+        # the schedule holds back DP reduction until the last micro-batch's backward (forward-only: no optimizer)
+        config.no_sync_func = self.optimizer.no_sync if self.optimizer is not None else None
 
         def forward_step(data_iterator, model):
             micro = next(data_iterator)
@@ -274,18 +283,25 @@ class PolicyTrainer:
     def _forward_backward_sequential(self, micros: list[TrainBatch], loss_of: Callable) -> None:
         """One micro-batch at a time through every stage, forward then backward (all stages but the
         active one wait: with PP stages, each is busy 1/PP of the time)."""
-        for micro in micros:
-            output, received = self._stage_forward(micro.tokens)
-            if self.groups.is_last_stage:
-                loss, _ = loss_of(micro, output)
-                loss.backward()
-            else:
-                dist.send(output.detach().contiguous(), dst=self._pp_peer(+1))
-                grad = torch.empty_like(output)
-                dist.recv(grad, src=self._pp_peer(+1))
-                output.backward(grad)
-            if received is not None:
-                dist.send(received.grad.contiguous(), dst=self._pp_peer(-1))
+        for index, micro in enumerate(micros):
+            last = index == len(micros) - 1  # DP reduction may start (overlapped) in the last backward only
+            with contextlib.nullcontext() if last else self.optimizer.no_sync():
+                self._forward_backward_one(micro, loss_of)
+
+    def _forward_backward_one(self, micro: TrainBatch, loss_of: Callable) -> None:
+        """``micro`` through this stage: receive, forward, send on; then the backward (of the loss on
+        the last stage, of the next stage's input gradient elsewhere) and its gradient sent back."""
+        output, received = self._stage_forward(micro.tokens)
+        if self.groups.is_last_stage:
+            loss, _ = loss_of(micro, output)
+            loss.backward()
+        else:
+            dist.send(output.detach().contiguous(), dst=self._pp_peer(+1))
+            grad = torch.empty_like(output)
+            dist.recv(grad, src=self._pp_peer(+1))
+            output.backward(grad)
+        if received is not None:
+            dist.send(received.grad.contiguous(), dst=self._pp_peer(-1))
 
     def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
         logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
