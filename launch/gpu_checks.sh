@@ -5,6 +5,7 @@
 #   make gpu-wheels                          # here, once: downloads them into .whl/ (git-ignored, ~3.5 MB)
 #   launch/gpu_checks.sh kernels             # on the GPU machine (device tool: carry [".whl"])
 #   launch/gpu_checks.sh trainer
+#   launch/gpu_checks.sh trainer-bench
 #   launch/gpu_checks.sh reshard
 #
 # Each part fits one 10-minute device call and writes its tables and logs under $OUT (default
@@ -12,13 +13,13 @@
 #   kernels  the GPU tests of tests/test_kernels.py (fp32 against the references on CUDA, bf16 at real
 #            shapes), then `bench kernels` at the Qwen2.5-7B shapes of issue #3;
 #   trainer  the GPU tests of tests/test_trainer.py (a train step on CUDA equals the CPU step; megatron-core's
-#            DDP + optimizer, plain and distributed, take the torch optimizer's step and resume exactly),
-#            then `bench trainer` for the Qwen2.5-1.5B shape, bf16: 4 x 2048 with each loss side (torch
+#            DDP + optimizer, plain and distributed, take the torch optimizer's step and resume exactly);
+#   trainer-bench  `bench trainer` for the Qwen2.5-1.5B shape, bf16: 4 x 2048 with each loss side (torch
 #            optimizer), and 8 x 2048 with the fused kernels on each optimizer (issue #5's target: it fits);
 #   reshard  `bench reshard --engine none` (Megatron side; the machine has no vLLM) for the
 #            Qwen2.5-1.5B shape (issue #6).
 set -uo pipefail
-part=${1:?usage: $0 kernels|trainer|reshard}
+part=${1:?usage: $0 kernels|trainer|trainer-bench|reshard}
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_results}
 mkdir -p "$out"
@@ -50,11 +51,13 @@ case "$part" in
     step bench_kernels 330 python3 -m megatron_elo.cli bench kernels --out "$out/bench_kernels.md"
     ;;
   trainer)
-    step pytest_trainer 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
+    step pytest_trainer 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
+    ;;
+  trainer-bench)
     common=(--shape qwen2.5-1.5b --seq 2048 --device cuda --dtype bf16 --steps 5 --warmup 2)
-    step bench_trainer_b4 200 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 4 --kernels torch triton \
+    step bench_trainer_b4 240 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 4 --kernels torch triton \
       --optimizer torch --out "$out/bench_trainer_b4.md"
-    step bench_trainer_b8 180 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 8 --kernels triton \
+    step bench_trainer_b8 300 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 8 --kernels triton \
       --optimizer megatron_core torch --distributed-optimizer --out "$out/bench_trainer_b8.md"
     ;;
   reshard)
@@ -62,7 +65,7 @@ case "$part" in
       --hidden 1536 --ffn 8960 --layers 28 --heads 12 --kv-heads 2 --vocab 151936 --out "$out/bench_reshard.md"
     ;;
   *)
-    echo "unknown part $part: kernels, trainer or reshard" >&2
+    echo "unknown part $part: kernels, trainer, trainer-bench or reshard" >&2
     exit 2
     ;;
 esac
