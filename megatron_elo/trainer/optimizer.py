@@ -2,7 +2,8 @@
 
     optimizer = build_optimizer("auto", model=model, groups=groups, arch=arch, config=cfg.trainer)
     optimizer.zero_grad()                  # before the step's first micro-batch
-    ...                                    # backward of every micro-batch (gradients accumulate in fp32)
+    with optimizer.no_sync(): ...          # backward of every micro-batch but the last (accumulate in fp32)
+    ...                                    # the last one's backward (overlap: bucket reductions start here)
     optimizer.finish_grads()               # sum over DP, sum the two copies of a tied embedding (PP > 1)
     grad_norm = optimizer.step(lr=3e-6)    # clip by the global norm, AdamW, new weights in the model
 
@@ -12,8 +13,9 @@ Two implementations, chosen by ``trainer.optimizer``:
   parameter, one flat all-reduce over the DP group, torch AdamW on fp32 main weights. Runs anywhere.
 - ``MegatronCoreOptimizer`` (``megatron_core``; ``auto`` on CUDA): megatron-core's
   DistributedDataParallel (fp32 grad buffers, bucketed all-reduce, or reduce-scatter + all-gather
-  with ``parallel.distributed_optimizer``, which shards fp32 main weights and Adam state over DP)
-  and its optimizer. CUDA only: its buffers allocate on the current CUDA device.
+  with ``parallel.distributed_optimizer``, which shards fp32 main weights and Adam state over DP;
+  started during the last backward with ``parallel.overlap_grad_reduce``) and its optimizer. CUDA
+  only: its buffers allocate on the current CUDA device (tests run it on CPU: tests/cuda_on_cpu.py).
 
 Shared by both: the loss reaching backward is already divided by its global normaliser, so DP
 gradients are summed (never averaged); weight decay skips biases and 1-D weights (megatron-core's
