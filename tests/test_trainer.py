@@ -129,6 +129,9 @@ def _assert_layout_matches(results, reference, tp: int, pp: int) -> None:
     steps, against the TP = PP = DP = 1 torch run (fp32)."""
     batches, (_, ref_stats, ref_norm, ref_grads, ref_weights) = reference
     grads, weights = _merge(results, tp, pp)
+    replica_0 = {(c.tp_rank, c.pp_rank): w for c, _, _, _, w in results if c.dp_rank == 0}
+    for coords, _, _, _, replica_weights in results:  # every DP replica holds the same weights (all-gathered)
+        assert all(torch.equal(w, replica_0[(coords.tp_rank, coords.pp_rank)][k]) for k, w in replica_weights.items())
     for _, stats, norm, _, _ in results:  # every rank reports the same numbers
         for key in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "response_tokens"):
             assert stats[key] == pytest.approx(ref_stats[key], rel=1e-5, abs=1e-6), key
