@@ -70,6 +70,9 @@ def transformer_config(arch: ArchConfig, *, tp: int, pp: int, dtype: str, sequen
         use_cpu_initialization=True, perform_initialization=False,  # weights always come from a full state dict
         bias_activation_fusion=False, bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False,
         gradient_accumulation_fusion=False, persist_layer_norm=False,
+        # the trainer's losses arrive divided by their global normaliser: megatron-core's pipeline schedules
+        # and DDP use them as given (no division by the micro-batch count, gradients summed over DP)
+        calculate_per_token_loss=True,
     )
 
 

@@ -291,9 +291,7 @@ class MegatronCoreOptimizer:
         tied = tied_embedding_copy(model, arch, groups)
         self._tied = tied
         dtype = self.params[0].dtype if any(p.dtype != torch.float32 for p in self.params) else torch.float32
-        # the loss is divided by the global token / sequence count already: sum over DP, do not average
-        # (PolicyTrainer sets it too; set here for an optimizer built on its own)
-        model.config.calculate_per_token_loss = True
+        # DP gradients are summed, not averaged: the model's config has calculate_per_token_loss (models.gpt)
         collection = groups.megatron_collection()
         collection.ep = single_rank_group()  # expert parallel size 1
         collection.expt_dp = single_rank_group()  # no experts: else DDP creates one per rank, uncollectively

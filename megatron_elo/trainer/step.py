@@ -134,9 +134,6 @@ class PolicyTrainer:
         self.local_vocab = padded_vocab // groups.layout.tp
         self.device = next(model.parameters()).device
         self.pipeline_schedule = pick_pipeline_schedule(config.pipeline_schedule, device=self.device, pp=groups.layout.pp)
-        # the loss is divided by the step's global normaliser already: megatron-core's schedules and DDP
-        # must use it as given (no division by the micro-batch count, gradients summed over DP)
-        model.config.calculate_per_token_loss = True
         # frozen (the KL reference): never stepped, so no gradient buffers or optimizer state at all
         self.optimizer: TrainerOptimizer | None = None if frozen else build_optimizer(
             config.optimizer, model=model, groups=groups, arch=arch, config=config, data_parallel=data_parallel)
@@ -182,7 +179,9 @@ class PolicyTrainer:
         from megatron.core.pipeline_parallel.schedules import forward_backward_pipelining_without_interleaving
 
         config = self.model.config
-        config.variable_seq_lengths = True  # stages exchange shapes: the last micro-batch may be shorter
+        # stages exchange shapes: the last micro-batch may be shorter (set here, not in transformer_config:
+        # its construction-time check refuses variable lengths with the default MoE token dispatcher)
+        config.variable_seq_lengths = True
         # the schedule holds back DP reduction until the last micro-batch's backward (forward-only: no optimizer)
         config.no_sync_func = self.optimizer.no_sync if self.optimizer is not None else None
 
@@ -227,23 +226,21 @@ class PolicyTrainer:
         """log p(token_t | tokens_<t) [B, S] under the current weights (0 at t = 0), on ``tokens``'
         device; returned on the last pipeline stage, None on the others."""
         self.model.eval()
-        size = micro_batch_size or self.config.micro_batch_size
-        chunks = [tokens[start:start + size].to(self.device) for start in range(0, tokens.shape[0], size)]
+        micros = list(_tokens_only(tokens.to(self.device)).micro_batches(micro_batch_size or self.config.micro_batch_size))
         if self.pipeline_schedule == "1f1b":
             def logprobs_of(micro: TrainBatch, output):
                 logprobs = self._token_logprobs(output, micro.tokens, with_entropy=False)[0]
                 return torch.zeros((), device=self.device), {"logprobs": logprobs}
 
-            micros = [_tokens_only(chunk) for chunk in chunks]
             outputs = [reported["logprobs"] for reported in self._run_1f1b(micros, logprobs_of, forward_only=True)]
         else:
             outputs = []
-            for chunk in chunks:
-                output, _ = self._stage_forward(chunk)
+            for micro in micros:
+                output, _ = self._stage_forward(micro.tokens)
                 if not self.groups.is_last_stage:
                     dist.send(output.contiguous(), dst=self._pp_peer(+1))
                     continue
-                outputs.append(self._token_logprobs(output, chunk, with_entropy=False)[0])
+                outputs.append(self._token_logprobs(output, micro.tokens, with_entropy=False)[0])
         self.model.train()
         return torch.cat(outputs).to(tokens.device) if outputs else None
 
@@ -359,8 +356,8 @@ class PolicyTrainer:
 
 def _with_token_count(loss: torch.Tensor, reported: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """megatron-core's three-value loss-function result. The count is a placeholder: the model's
-    ``calculate_per_token_loss`` (set by the trainer) makes the schedule use the loss as given (it is
-    divided by the step's global normaliser already) instead of dividing it by the count."""
+    ``calculate_per_token_loss`` (``models.gpt.transformer_config``) makes the schedule use the loss as
+    given (it is divided by the step's global normaliser already) instead of dividing it by the count."""
     return loss, torch.ones((), dtype=torch.int), reported
 
 
