@@ -71,7 +71,7 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    optimizer_state = trainer.optimizer.full_state()  # collective over DP
+    optimizer_state = trainer.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
     if c.dp_rank == 0:
         torch.save({"model": trainer.model.state_dict(), "optimizer": optimizer_state, "step": trainer.step},
                    tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")

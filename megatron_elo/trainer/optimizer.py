@@ -81,11 +81,12 @@ class TrainerOptimizer(Protocol):
         """The accumulated fp32 gradient per parameter name of this rank's (tp, pp) shard (after
         ``finish_grads``: summed over DP). Collective over the DP group."""
 
-    def full_state(self) -> dict[str, dict[str, torch.Tensor]]:
+    def full_state(self, *, keep: bool = True) -> dict[str, dict[str, torch.Tensor]]:
         """Per parameter name: fp32 ``main`` weight and Adam ``exp_avg`` / ``exp_avg_sq``, each the
         shape of this rank's (tp, pp) shard of the parameter, whole (gathered over DP if sharded), on
         the CPU (one parameter at a time leaves the device: no second copy of the state there).
-        Collective over the DP group."""
+        Collective over the DP group. ``keep=False`` (DP ranks that do not write the checkpoint): take
+        part in the gather, copy nothing to the CPU, return {}."""
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]], *, adam_steps: int) -> None:
         """Inverse of ``full_state`` after ``adam_steps`` optimizer steps; also puts the main weights
@@ -225,7 +226,9 @@ class TorchOptimizer:
     def named_grads(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self._grads(), strict=True))
 
-    def full_state(self) -> dict[str, dict[str, torch.Tensor]]:
+    def full_state(self, *, keep: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        if not keep:  # the whole state is on every DP rank already: nothing to take part in
+            return {}
         state = {}
         for name, main in zip(self.names, self.main_params, strict=True):
             adam = self.optimizer.state.get(main, {})
@@ -369,7 +372,10 @@ class MegatronCoreOptimizer:
             elif inner.init_state_fn is not None:
                 inner.init_state_fn(inner.optimizer, inner.config)
 
-    def full_state(self) -> dict[str, dict[str, torch.Tensor]]:
+    def full_state(self, *, keep: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        gather = self.distributed and self.groups.layout.dp > 1
+        if not (keep or gather):
+            return {}
         state = {}
         for name, param, (start, end), views in self._views():
             full = {key: torch.zeros(param.numel(), dtype=torch.float32, device=param.device) for key in STATE_KEYS}
@@ -377,10 +383,11 @@ class MegatronCoreOptimizer:
                 for key in STATE_KEYS:
                     if views[key] is not None:  # Adam moments are absent before the first step: zeros
                         full[key][start:end] = views[key].detach().flatten().float()
-            if self.distributed and self.groups.layout.dp > 1:  # each element is owned by one DP rank: a sum gathers
+            if gather:  # each element is owned by one DP rank: a sum gathers
                 for key in STATE_KEYS:
                     dist.all_reduce(full[key], group=self.groups.dp)
-            state[name] = {key: tensor.view(param.shape).cpu() for key, tensor in full.items()}
+            if keep:
+                state[name] = {key: tensor.view(param.shape).cpu() for key, tensor in full.items()}
         return state
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]], *, adam_steps: int) -> None:
