@@ -7,7 +7,7 @@
     megatron-elo {eval,serve,bench,convert,compare} --help
 
 Exit codes: 0 ok, 2 bad configuration or usage, 3 the requested stage is not built yet, 4 a server
-failed to start or died (`serve`).
+failed to start or died (`serve`), 5 a rank waited for the driver longer than cluster.timeout_minutes.
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ import dataclasses
 import os
 import sys
 import typing
+from importlib import import_module
 
 from megatron_elo.config.loader import ConfigError, dump_yaml, load_config
 from megatron_elo.config.schema import RunConfig
 from megatron_elo.config.validate import validate, world_size_from_env
 from megatron_elo.parallel.layout import DevicePlan, format_devices, plan_devices
+from megatron_elo.parallel.world import DriverTimeout
 from megatron_elo.utils.logging import setup_logging
 
 EXIT_BAD_CONFIG = 2
 EXIT_NOT_BUILT = 3
 EXIT_SERVER = 4
+EXIT_TIMEOUT = 5
 
 
 class NotBuiltYet(RuntimeError):
@@ -128,10 +131,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available() and enable_interpreter_without_cuda():
             logging.getLogger("megatron_elo").warning(
                 "trainer.kernels=triton without CUDA: the kernels run in Triton's interpreter (correct, slow)")
-    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+    from megatron_elo.recipes import NotSupportedYet
+    from megatron_elo.runner.runner import Runner
 
     try:
-        summary = EloEvolveRun(cfg).run()
+        summary = Runner(cfg).run()
     except NotSupportedYet as err:
         raise NotBuiltYet(str(err)) from None
     if "rank" not in summary:  # the driver's summary; other ranks of a torchrun world stay quiet
@@ -152,11 +156,12 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+    from megatron_elo.recipes import NotSupportedYet
+    from megatron_elo.runner.runner import evaluate_checkpoint
 
     cfg = load_and_validate(args.config, args.overrides)
     try:
-        result = EloEvolveRun(cfg).evaluate_checkpoint(args.checkpoint)
+        result = evaluate_checkpoint(cfg, args.checkpoint)
     except NotSupportedYet as err:
         raise NotBuiltYet(str(err)) from None
     print(f"step {result.step}: held-out win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
@@ -230,22 +235,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_kernels(args: argparse.Namespace) -> int:
-    from kernels.benchmark import run
-
-    return run(args)
-
-
-def cmd_bench_reshard(args: argparse.Namespace) -> int:
-    from megatron_elo.rollout.benchmark import run
-
-    return run(args)
-
-
-def cmd_bench_trainer(args: argparse.Namespace) -> int:
-    from megatron_elo.trainer.benchmark import run
-
-    return run(args)
+BENCHES = (  # (target, module with add_arguments(parser) and run(args), help, description)
+    ("kernels", "kernels.benchmark", "fused loss-side kernels vs torch / compile / Liger / CCE",
+     "Forward+backward time and peak extra memory of each loss-side kernel beside its peers and its floor "
+     "(see kernels/benchmark.py)."),
+    ("reshard", "megatron_elo.rollout.benchmark", "Megatron -> vLLM weight sync: time, bytes moved, vs a plain copy",
+     "One full weight sync per trainer -> engine layout, ours (local slices) beside the gather-everything way "
+     "(see megatron_elo/rollout/benchmark.py)."),
+    ("trainer", "megatron_elo.trainer.benchmark", "train step: tokens/s, step time, MFU, peak memory",
+     "The policy train step on random weights and tokens, per loss-side setting (see megatron_elo/trainer/benchmark.py)."),
+    ("loop", "megatron_elo.runner.benchmark", "seconds per step with and without rollout.overlap_judging",
+     "Two short training runs of the config with a served tiny LLM judge and served opponents, overlap off and on "
+     "(see megatron_elo/runner/benchmark.py)."),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,31 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="checkpoint directory (default: newest in the run's output_dir)")
     evaluate.set_defaults(handler=cmd_eval)
 
-    bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard)")
-    bench_targets = bench.add_subparsers(dest="target", required=True, metavar="{kernels,trainer,reshard}")
-    bench_kernels = bench_targets.add_parser("kernels", help="fused loss-side kernels vs torch / compile / Liger / CCE",
-                                             formatter_class=raw,
-                                             description="Forward+backward time and peak extra memory of each loss-side kernel "
-                                                         "beside its peers and its floor (see kernels/benchmark.py).")
-    from kernels.benchmark import add_arguments as add_kernel_bench_arguments
-
-    add_kernel_bench_arguments(bench_kernels)
-    bench_kernels.set_defaults(handler=cmd_bench_kernels)
-    bench_reshard = bench_targets.add_parser("reshard", help="Megatron -> vLLM weight sync: time, bytes moved, vs a plain copy",
-                                             formatter_class=raw, description="One full weight sync per trainer -> engine "
-                                             "layout, ours (local slices) beside the gather-everything way "
-                                             "(see megatron_elo/rollout/benchmark.py).")
-    from megatron_elo.rollout.benchmark import add_arguments as add_reshard_bench_arguments
-
-    add_reshard_bench_arguments(bench_reshard)
-    bench_reshard.set_defaults(handler=cmd_bench_reshard)
-    bench_trainer = bench_targets.add_parser("trainer", help="train step: tokens/s, step time, MFU, peak memory",
-                                             formatter_class=raw, description="The policy train step on random weights "
-                                             "and tokens, per loss-side setting (see megatron_elo/trainer/benchmark.py).")
-    from megatron_elo.trainer.benchmark import add_arguments as add_trainer_bench_arguments
-
-    add_trainer_bench_arguments(bench_trainer)
-    bench_trainer.set_defaults(handler=cmd_bench_trainer)
+    bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard, loop)")
+    bench_targets = bench.add_subparsers(dest="target", required=True, metavar="{kernels,trainer,reshard,loop}")
+    for target, module, summary, description in BENCHES:
+        bench_parser = bench_targets.add_parser(target, help=summary, formatter_class=raw, description=description)
+        benchmark = import_module(module)
+        benchmark.add_arguments(bench_parser)
+        bench_parser.set_defaults(handler=benchmark.run)
 
     convert = sub.add_parser("convert", help="convert checkpoints between HF safetensors and the Megatron layout")
     convert.add_argument("--from", dest="source_format", choices=["hf", "megatron"], required=True)
@@ -351,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotBuiltYet as err:
         log.error("not built yet: %s", err)
         return EXIT_NOT_BUILT
+    except DriverTimeout as err:
+        log.error("%s", err)
+        return EXIT_TIMEOUT
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         log.error("%s", err)
         return EXIT_BAD_CONFIG

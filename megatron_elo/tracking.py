@@ -2,7 +2,8 @@
 
 Metrics go out in batches (``log_batch``, at most 1000 per call), never one call per scalar; names
 are sanitised to what MLflow accepts; a run that crashes is marked FAILED; a resumed run logs into
-the same MLflow run (its id is kept in the checkpoint).
+the same MLflow run (its id is kept in the checkpoint) and skips the points it logged before it was
+stopped (a resume replays the steps after its checkpoint, bitwise alike: their points are there already).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class MlflowTracker(Tracker):
                                experiment_id=experiment.experiment_id, log_system_metrics=config.system_metrics)
         self.run_id = run.info.run_id
         self.location = f"{self.uri} (experiment {config.experiment!r}, run {self.run_id})"
+        self.logged_through = self._last_logged_steps() if run_id else {}  # {metric: last step it has}
+
+    def _last_logged_steps(self) -> dict[str, int]:
+        """{metric key: the highest step this run holds for it} (a resumed run's existing points)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -78,7 +85,8 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(sanitize_name(k), float(v), now, step) for k, v in metrics.items() if v == v]  # NaN dropped
+        items = [Metric(sanitize_name(k), float(v), now, step) for k, v in metrics.items()
+                 if v == v and step > self.logged_through.get(sanitize_name(k), -1)]  # NaN and replayed points dropped
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
 

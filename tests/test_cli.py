@@ -62,14 +62,15 @@ def test_no_check_paths_is_only_for_dry_runs(capsys):
     assert "only allowed with --dry-run" in capsys.readouterr().err
 
 
-def test_what_the_loop_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, monkeypatch):
-    from megatron_elo import loop
+def test_what_the_recipes_cannot_run_yet_exits_3_with_the_reason(tmp_path, capsys, monkeypatch):
+    from megatron_elo.recipes import NotSupportedYet
+    from megatron_elo.runner import runner
 
-    def not_yet(self, cfg, **kwargs):
-        raise loop.NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet")
+    def not_yet(self):
+        raise NotSupportedYet("absolute (point-wise) scoring with an LLM judge is not built yet")
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(loop.EloEvolveRun, "__init__", not_yet)
+    monkeypatch.setattr(runner.Runner, "run", not_yet)
     code = main(["train", TINY, f"output_dir={tmp_path}"])
     assert code == EXIT_NOT_BUILT
     assert "point-wise) scoring with an LLM judge is not built yet" in capsys.readouterr().err

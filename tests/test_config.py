@@ -355,7 +355,8 @@ def test_a_model_needs_a_path_or_an_arch():
         tiny_random("opponents.weak.model.arch=null")
 
 
-def test_prepared_players_must_match_prepare_arch():
+def test_prepared_players_must_match_prepare_arch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's relative player paths: not the checkout's runs/ (a demo may have made them)
     with pytest.raises(ConfigError, match=r"opponents.0.model.arch: differs from prepare.arch"):
         tiny("opponents.weak.model.arch.num_layers=4")
     with pytest.raises(ConfigError, match=r"opponents.0.model.path: 'runs/elsewhere' has no config.json"):

@@ -240,3 +240,40 @@ def test_served_engine_starts_on_health_and_reports_crashes(tmp_path):
     with pytest.raises(ServerError, match="did not answer"):
         silent.start()
     assert silent.process.poll() is not None  # stopped, not left behind
+
+
+class ContentBackend:
+    """A served-like backend (calls may overlap): the verdict follows the text, so any batching gives
+    the same replies. ``barrier`` makes two batches wait for each other (they must be in flight at once)."""
+
+    concurrent = True
+
+    def __init__(self, barrier: threading.Barrier | None = None):
+        self.barrier = barrier
+
+    def complete(self, prompts, *, max_new_tokens):
+        if self.barrier is not None:
+            self.barrier.wait(timeout=20)
+        replies = []
+        for prompt in prompts:
+            policy_first = prompt.index("policy-answer") < prompt.index("opp-answer")
+            kind = int(prompt.split("question ")[1].split()[0]) % 4  # policy wins, opponent wins, flips, invalid
+            first_wins = {0: policy_first, 1: not policy_first, 2: True}.get(kind)
+            replies.append("no idea" if first_wins is None else "[[A]]" if first_wins else "[[B]]")
+        return replies
+
+
+def test_streamed_batches_are_judged_at_once_and_match_one_batch(tokenizer):
+    """judge_stream on a concurrent backend sends each opponent's batch as it comes, two in flight at
+    once (a barrier both must reach), and gives the verdicts and statistics of one batch; the judge's
+    statistics survive a state_dict round trip (the runner checkpoints them)."""
+    games = _games(9)
+    one_batch = LLMJudge(backend=ContentBackend(), tokenizer=tokenizer, template=load_template(None))
+    expected = one_batch.judge(games)
+    streamed = LLMJudge(backend=ContentBackend(threading.Barrier(2)), tokenizer=tokenizer, template=load_template(None))
+    got = streamed.judge_stream(iter([games[5:], games[:5]]))
+    assert got == expected and [v.game_id for v in got] == list(range(9))
+    assert {v.winner for v in got} == {"policy", "opponent", "tie", None} and streamed.stats == one_batch.stats
+    restored = LLMJudge(backend=ContentBackend(), tokenizer=tokenizer, template=load_template(None))
+    restored.load_state_dict(streamed.state_dict())
+    assert restored.stats == streamed.stats and restored.metrics() == streamed.metrics()

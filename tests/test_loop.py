@@ -1,7 +1,8 @@
-"""The Elo-Evolve loop on the tiny CPU setup: a resumed run equals an uninterrupted one (bitwise
-weights, Elo ratings, data position), the loop on 2 ranks (trainer TP / PP / DP = 2 with its
-colocated engine) equals the one-process run, MLflow holds params / metrics / artifacts in one run
-across the resume, and a crash marks the run FAILED."""
+"""The recipes run by the runner on the tiny CPU setup: a resumed run equals an uninterrupted one
+(bitwise weights, Elo ratings, data position), also with judging overlapped with the update; the loop
+on 2 ranks (trainer TP / PP / DP = 2 with its colocated engine) equals the one-process run; MLflow
+holds params / metrics / artifacts in one run across the resume, each step once; a crash marks the
+run FAILED; `eval` works on an LLM-judged config and on a DP=2 engine config."""
 
 from __future__ import annotations
 
@@ -16,13 +17,23 @@ from megatron_elo.parallel.spawn import run_distributed
 
 pytest.importorskip("vllm")
 pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow  # whole training runs in spawned processes: minutes each on 2 cores
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
-def small_config(root: Path, players: Path, **trainer):
+def _byte_arch():
+    """The tiny architecture of players (and a judge) that read free text through a byte tokenizer."""
+    from megatron_elo.config.schema import ArchConfig
+
+    return ArchConfig(family="qwen2", num_layers=1, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
+                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=1024, tie_word_embeddings=True)
+
+
+def small_config(root: Path, players: Path, *, overlap_judging: bool = False, **trainer):
     """tiny_cpu.yaml shrunk: weakly pre-trained players under ``players``, 4 steps, eval and save every 2."""
     raw = read_yaml(TINY)
+    raw["rollout"]["overlap_judging"] = overlap_judging
     raw["output_dir"] = str(root)
     raw["model"]["path"] = str(players / "policy_init")
     for opponent in raw["opponents"]:
@@ -37,25 +48,28 @@ def small_config(root: Path, players: Path, **trainer):
 
 
 def run_loop(rank, world_size, cfg, stop_after=None, crash_at=None):
-    from megatron_elo.loop import EloEvolveRun
+    from megatron_elo.recipes.games import GamesRecipe
+    from megatron_elo.runner.runner import Runner
 
-    run = EloEvolveRun(cfg, stop_after=stop_after)
+    runner = Runner(cfg, stop_after=stop_after)
     if crash_at is not None:
-        original = run.step
+        original = GamesRecipe.step
 
-        def crashing(step):
+        def crashing(self, step):
             if step == crash_at:
                 raise RuntimeError("simulated crash")
-            return original(step)
+            return original(self, step)
 
-        run.step = crashing
+        GamesRecipe.step = crashing
         try:
-            run.run()
+            runner.run()
         except RuntimeError as err:
             return {"crashed": str(err)}
-    summary = run.run()
-    weights = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
-    return summary, weights, run.loader.state_dict() if run.loader else None, run.state.elo_history  # the loader: the driver's
+    summary = runner.run()
+    recipe = runner.recipe
+    weights = {n: p.detach().clone() for n, p in recipe.trainer.model.named_parameters()}
+    position = recipe.prompts.state_dict() if recipe.prompts else None  # the prompt source: the driver's
+    return summary, weights, position, runner.run_state.elo_history, recipe.trainer.step
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +90,15 @@ def straight_and_resumed(players, tmp_path_factory):
     straight_cfg = small_config(tmp_path_factory.mktemp("straight"), players)
     resumed_cfg = small_config(tmp_path_factory.mktemp("resumed"), players)
     straight = run_distributed(run_loop, 1, straight_cfg, timeout=900)[0]
-    first_half = run_distributed(run_loop, 1, resumed_cfg, 2, timeout=900)[0]
+    # killed after step 3: the newest checkpoint is step 2's, so the resumed process replays step 3
+    first_half = run_distributed(run_loop, 1, resumed_cfg, 3, timeout=900)[0]
     second_half = run_distributed(run_loop, 1, resumed_cfg, timeout=900)[0]
     return straight, first_half, second_half, resumed_cfg
 
 
 def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     straight, first_half, resumed, _ = straight_and_resumed
-    assert first_half[0] == {"finished": False, "step": 2}
+    assert first_half[0] == {"finished": False, "step": 3}
     assert resumed[0]["finished"] and resumed[0]["step"] == straight[0]["step"] == 4
     assert resumed[0]["elo"] == straight[0]["elo"]
     assert resumed[2] == straight[2]  # data position
@@ -127,6 +142,30 @@ def test_two_ranks_run_the_loop_like_one(straight_and_resumed, tmp_path, paralle
         torch.testing.assert_close(ours[name], weight, rtol=0, atol=1e-6)
 
 
+def test_overlapped_judging_trains_every_batch_one_step_off_policy_and_resumes_exactly(players, tmp_path_factory,
+                                                                                       straight_and_resumed):
+    """rollout.overlap_judging: step t's games are judged while step t-1's batch trains; every batch is
+    trained (4 optimizer steps: none in step 1, two in step 4), the result differs from the on-policy run,
+    and a run killed after step 3 (pending batch in step 2's checkpoint) resumes to the same weights, Elo
+    history and evaluations."""
+    import shutil
+
+    on_policy = straight_and_resumed[0]
+    straight_cfg = small_config(tmp_path_factory.mktemp("overlap_straight"), players, overlap_judging=True)
+    resumed_cfg = small_config(tmp_path_factory.mktemp("overlap_resumed"), players, overlap_judging=True)
+    for cfg in (straight_cfg, resumed_cfg):  # the on-policy run's opponent answers: fewer engines to start
+        shutil.copytree(Path(on_policy[0]["run_dir"]).parent / "opponent_cache", Path(cfg.output_dir) / "opponent_cache")
+    straight = run_distributed(run_loop, 1, straight_cfg, timeout=900)[0]
+    assert run_distributed(run_loop, 1, resumed_cfg, 3, timeout=900)[0][0] == {"finished": False, "step": 3}
+    pending = Path(resumed_cfg.output_dir) / resumed_cfg.run_name / "checkpoints" / "step_00000002" / "state_rank0.pt"
+    assert torch.load(pending, weights_only=False)["pending"]["update"] is not None
+    resumed = run_distributed(run_loop, 1, resumed_cfg, timeout=900)[0]
+    assert straight[4] == resumed[4] == 4  # optimizer steps
+    assert resumed[3] == straight[3] and resumed[0]["evals"] == straight[0]["evals"]
+    assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
+    assert any(not torch.equal(on_policy[1][k], straight[1][k]) for k in straight[1])
+
+
 def test_an_engine_replica_without_prompts_does_not_hang(straight_and_resumed, tmp_path):
     """One held-out prompt over two engine replicas: vLLM's DP replicas step together, so the one
     without a prompt still generates (a repeated prompt, dropped); without that the run hangs."""
@@ -137,9 +176,9 @@ def test_an_engine_replica_without_prompts_does_not_hang(straight_and_resumed, t
 
 
 def evaluate_checkpoint(rank, world_size, cfg, checkpoint):
-    from megatron_elo.loop import EloEvolveRun
+    from megatron_elo.runner.runner import evaluate_checkpoint
 
-    return EloEvolveRun(cfg).evaluate_checkpoint(checkpoint)
+    return evaluate_checkpoint(cfg, checkpoint)
 
 
 def test_eval_of_a_checkpoint_matches_the_runs_own(straight_and_resumed, players, tmp_path):
@@ -170,10 +209,23 @@ def hf_greedy_answers(model_dir: Path, prompts) -> list[str]:
     return answers
 
 
+def test_eval_with_a_two_replica_policy_engine_matches_the_runs_own(straight_and_resumed, tmp_path):
+    """`eval` of a config whose policy engine has DP=2: under 2 ranks (one engine replica each) and in
+    one process (one replica) it scores the final checkpoint as the run did."""
+    straight = straight_and_resumed[0]
+    cfg = two_rank_config(straight_and_resumed, tmp_path, {"dp": 2}, {"tp": 1, "dp": 2})
+    checkpoint = Path(straight[0]["run_dir"]) / "checkpoints" / "step_00000004"
+    on_two = run_distributed(evaluate_checkpoint, 2, cfg, checkpoint, timeout=600)
+    on_one = run_distributed(evaluate_checkpoint, 1, cfg, checkpoint, timeout=600)[0]
+    assert on_two[0] == on_two[1] == on_one
+    assert on_one.step == 4 and on_one.win_rate == straight[0]["win_rate_after"]
+    assert not (tmp_path / "engine_logs").exists()  # the opponents' answers came from the store
+
+
 def test_greedy_eval_scores_what_transformers_answers(players, tmp_path):
     """eval.temperature=0: the greedy policy against each opponent's greedy answer, judged exactly;
     the win rate equals one computed from transformers' greedy answers of the same checkpoints."""
-    from megatron_elo.loop import load_prompt_sets
+    from megatron_elo.data.source import load_prompt_sets
     from megatron_elo.tasks.arithmetic import answer_error
 
     cfg = small_config(tmp_path, players)
@@ -207,7 +259,9 @@ def test_mlflow_run_holds_everything_once(straight_and_resumed):
                 "invalid_verdicts", "tokens_per_s", "time/generate", "time/opponent", "time/judge", "time/train",
                 "time/sync", "eval/win_rate", "eval/win_rate_ci95", "no_signal_groups"):
         assert key in run.data.metrics, key
+    # step 3 ran twice (before the kill and after the resume from step 2): its points are there once
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/win_rate")] == [0, 2, 4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"elo_history.csv", "elo_ratings.png", "sample_games.csv", "resolved_config.yaml", "export_hf"} <= artifacts
     export = Path(resumed[0]["export"])
@@ -224,51 +278,61 @@ def test_a_crash_marks_the_run_failed(players, tmp_path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_loop_refuses_what_it_cannot_run_yet(players, tmp_path):
-    from megatron_elo.loop import EloEvolveRun, NotSupportedYet
+def test_recipes_refuse_what_they_cannot_run_yet(players, tmp_path):
+    from types import SimpleNamespace
+
+    from megatron_elo.recipes import NotSupportedYet, recipe_builder
 
     cfg = small_config(tmp_path, players)
     cfg.judge.kind, cfg.algorithm.name = "llm", "point"
     with pytest.raises(NotSupportedYet, match="point-wise"):
-        EloEvolveRun(cfg)
+        recipe_builder("point")(SimpleNamespace(cfg=cfg))  # refused before anything is built
 
 
-def llm_judged_run(rank, world_size, cfg):
-    from megatron_elo.loop import EloEvolveRun
+def llm_judged_run(rank, world_size, cfg, config_file):
+    """Train, then `megatron-elo eval` its final checkpoint (the CLI, in this fresh process)."""
+    import contextlib
+    import io
 
-    run = EloEvolveRun(cfg)
-    summary = run.run()
-    return summary, run.judge.stats, run.state.elo_history
+    from megatron_elo.cli import main
+    from megatron_elo.runner.runner import Runner
+
+    runner = Runner(cfg)
+    summary = runner.run()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["eval", str(config_file)])
+    return summary, runner.recipe.judge.stats, runner.run_state.elo_history, code, printed.getvalue()
 
 
-def test_the_loop_runs_with_an_llm_judge_in_its_own_engine(players, tmp_path):
-    """judge.kind=llm: a tiny judge model with a byte tokenizer in its own vLLM engine decides the
-    games by log-prob verdicts (both orders); every game is judged, ratings move, metrics are logged."""
+def test_the_loop_and_eval_run_with_an_llm_judge_in_its_own_engine(tmp_path):
+    """judge.kind=llm on free-text prompts without references: a tiny judge model with a byte tokenizer
+    in its own vLLM engine decides the training games and the held-out ones by log-prob verdicts (both
+    orders); every game is judged, ratings move, metrics are logged, and `megatron-elo eval` of the final
+    checkpoint (a new LLM judge engine) prints the win rate the run logged for it."""
+    import yaml
     from mlflow.tracking import MlflowClient
 
-    from megatron_elo.config.schema import ArchConfig
     from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
 
-    judge_dir = tmp_path / "judge"
-    arch = ArchConfig(family="qwen2", num_layers=1, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
-                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=1024, tie_word_embeddings=True)
-    make_tiny_hf_model(arch, judge_dir, seed=5, init_std=0.3)
-    make_tiny_tokenizer(judge_dir)
-    raw = read_yaml(TINY)
-    cfg = small_config(tmp_path, players)
-    raw_judge = {"kind": "llm", "model": {"path": str(judge_dir), "dtype": "fp32"}, "logprob_verdicts": True,
-                 "swap_positions": True, "engine": {**raw["rollout"]["engine"], "max_model_len": 1024}}
-    as_dict = config_to_dict(cfg)
-    as_dict["judge"] = raw_judge
-    as_dict["eval"]["every_steps"] = 0
-    as_dict["trainer"]["steps"] = 2
-    cfg = validate(config_from_dict(as_dict))
-    summary, stats, elo_history = run_distributed(llm_judged_run, 1, cfg, timeout=900)[0]
-    games = cfg.rollout.prompts_per_step * cfg.rollout.n_per_prompt * 2
-    assert stats.games == games and stats.invalid == 0 and stats.failed == 0
-    assert elo_history[-1] != elo_history[0]
-    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
+    raw = file_prompts_config(tmp_path, references=False)
+    make_tiny_hf_model(_byte_arch(), tmp_path / "judge", seed=5, init_std=0.3)
+    make_tiny_tokenizer(tmp_path / "judge")
+    raw["judge"] = {"kind": "llm", "model": {"path": str(tmp_path / "judge"), "dtype": "fp32"}, "logprob_verdicts": True,
+                    "swap_positions": True, "engine": {**raw["rollout"]["engine"], "max_model_len": 1024}}
+    raw.update(tracking={"backend": "mlflow", "experiment": "llm-judged"}, data={**raw["data"], "loader": "default"})
+    raw["trainer"]["steps"], raw["checkpoint"] = 2, {"every_steps": 0, "export_hf": False}
+    config_file = tmp_path / "llm_judged.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    cfg = validate(config_from_dict(raw))
+    summary, stats, elo_history, code, printed = run_distributed(llm_judged_run, 1, cfg, config_file, timeout=900)[0]
+    training_games = cfg.rollout.prompts_per_step * cfg.rollout.n_per_prompt * cfg.trainer.steps
+    eval_games = 2 * cfg.eval.num_prompts * cfg.eval.samples_per_prompt  # before and after, one opponent
+    assert stats.games == training_games + eval_games and stats.invalid == 0 and stats.failed == 0
+    assert elo_history[-1] != elo_history[0] and summary["exact_after"] != summary["exact_after"]  # NaN: no references
+    assert code == 0 and f"step 2: held-out win rate {summary['win_rate_after']:.3f}" in printed
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'runs').resolve() / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("llm-judged").experiment_id])[0]
     assert run.data.metrics["judge/invalid_rate"] == 0.0 and "judge/order_flip_rate" in run.data.metrics
 
 
@@ -279,14 +343,14 @@ def test_opponent_answers_do_not_depend_on_what_else_is_asked(players, tmp_path)
 def opponent_answers_alone_and_together(rank, world_size, cfg):
     import shutil
 
-    from megatron_elo.loop import OpponentAnswers
-    from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
+    from megatron_elo.players.frozen import FrozenPlayers
+    from megatron_elo.tasks.arithmetic import make_prompts
 
     prompts = make_prompts(6, seed=1, max_operand=20)
-    together = OpponentAnswers(cfg, {"medium": CharTokenizer()}).answers("medium", prompts)
-    shutil.rmtree(OpponentAnswers(cfg, {"medium": CharTokenizer()}).dir)  # no cache: regenerate one at a time
+    together = FrozenPlayers.from_config(cfg, world_size=1).answers("medium", prompts)
+    shutil.rmtree(Path(cfg.output_dir) / "opponent_cache")  # no stored answers: regenerate one at a time
     alone = {}
-    fresh = OpponentAnswers(cfg, {"medium": CharTokenizer()})
+    fresh = FrozenPlayers.from_config(cfg, world_size=1)
     for p in prompts[::-1]:
         alone.update(fresh.answers("medium", [p]))
     return all(alone[k].text == together[k].text for k in together)
@@ -328,35 +392,35 @@ def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
 
 def file_prompts_run(rank, world_size, cfg):
     from megatron_elo.data.loader import PromptLoader
-    from megatron_elo.loop import EloEvolveRun
+    from megatron_elo.data.source import PromptSource, load_prompt_sets
+    from megatron_elo.data.tokenizer import player_tokenizer
+    from megatron_elo.runner.runner import Runner
 
-    run = EloEvolveRun(cfg)
-    default_order = PromptLoader(run.train_prompts, seed=cfg.seed, shuffle=True)
+    default_order = PromptLoader(load_prompt_sets(cfg)[0], seed=cfg.seed, shuffle=True)
     expected = [[p.prompt_id for p in default_order.next_batch(cfg.rollout.prompts_per_step)] for _ in range(cfg.trainer.steps)]
-    asked = []
-    original = run._next_prompts
-    run._next_prompts = lambda: asked.append(original()) or asked[-1]
-    summary = run.run()
-    policy_ids = run._prompt_ids(run.train_prompts[0])
-    return summary, [[p.prompt_id for p in batch] for batch in asked], expected, policy_ids, run.tokenizer.encode_prompt(
-        run.train_prompts[0])
+    asked, original = [], PromptSource.next_batch
+
+    def recording(self, size):
+        asked.append(original(self, size))
+        return asked[-1]
+
+    PromptSource.next_batch = recording
+    summary = Runner(cfg).run()
+    templated = [player_tokenizer(cfg.data, cfg.model).encode_prompt(p) for batch in asked for p in batch.prompts]
+    policy_ids = [list(ids) for batch in asked for ids in batch.token_ids]
+    return summary, [[p.prompt_id for p in batch.prompts] for batch in asked], expected, policy_ids, templated
 
 
-def test_the_loop_trains_on_prompt_files_with_chat_templates_through_dali(tmp_path):
-    """data.format=jsonl (train) / parquet (held out), free-text chat prompts with a system prompt,
-    players with their own byte-level tokenizers and chat templates, the DALI loader (pre-tokenized
-    shards written on first use): the run trains, asks the default loader's batches, and the ids it
-    feeds the policy are the chat-templated ones."""
+def file_prompts_config(tmp_path: Path, *, references: bool = True) -> dict:
+    """A raw config training a tiny byte-tokenizer policy on jsonl prompts (held out: parquet), free text
+    with a system prompt, static pairwise against one rival of its own tokenizer."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from megatron_elo.config.schema import ArchConfig
     from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
 
-    arch = ArchConfig(family="qwen2", num_layers=1, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
-                      num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=512, tie_word_embeddings=True)
     for name, seed in (("policy", 1), ("rival", 2)):
-        make_tiny_hf_model(arch, tmp_path / name, seed=seed)
+        make_tiny_hf_model(_byte_arch(), tmp_path / name, seed=seed)
         make_tiny_tokenizer(tmp_path / name)
     rows = [{"id": f"q{i}", "question": f"{i}+{i}=", "answer": str(2 * i)} for i in range(12)]
     (tmp_path / "train.jsonl").write_text("".join(f'{{"id": "{r["id"]}", "question": "{r["question"]}", "answer": "{r["answer"]}"}}\n'
@@ -374,7 +438,17 @@ def test_the_loop_trains_on_prompt_files_with_chat_templates_through_dali(tmp_pa
     raw["eval"] = {"every_steps": 0, "num_prompts": 4}
     raw["checkpoint"] = {"every_steps": 0, "export_hf": False}
     raw["data"] = {"format": "jsonl", "train_path": str(tmp_path / "train.jsonl"), "eval_path": str(tmp_path / "eval.parquet"),
-                   "prompt_field": "question", "reference_field": "answer", "system_prompt": "Add.", "loader": "dali"}
+                   "prompt_field": "question", "system_prompt": "Add.", "loader": "dali",
+                   **({"reference_field": "answer"} if references else {})}
+    return raw
+
+
+def test_the_loop_trains_on_prompt_files_with_chat_templates_through_dali(tmp_path):
+    """data.format=jsonl (train) / parquet (held out), free-text chat prompts with a system prompt,
+    players with their own byte-level tokenizers and chat templates, the DALI loader (pre-tokenized
+    shards written on first use): the run trains, asks the default loader's batches, and the ids it
+    feeds the policy are the chat-templated ones."""
+    raw = file_prompts_config(tmp_path)
     cfg = validate(config_from_dict(raw))
     summary, asked, expected, policy_ids, templated = run_distributed(file_prompts_run, 1, cfg, timeout=900)[0]
     assert summary["finished"] and summary["step"] == 3

@@ -106,6 +106,9 @@ class ClusterConfig:
     nodes: int = opt(1, "Nodes in the allocation.")
     devices_per_node: int = opt(8, "GPUs per node (CPU: processes per node).")
     trainer_nodes: int | None = opt(None, "Nodes running the trainer (torchrun world); the rest host dedicated engines. Default: all.")
+    timeout_minutes: float = opt(30.0, "How long a rank waits in a collective (init_process_group's timeout), above "
+                                       "all for the driver's one-rank phases (games, judging, evaluation, making "
+                                       "players); past it the run stops with an error naming this setting.")
 
 
 @dataclass(kw_only=True)
@@ -168,6 +171,10 @@ class RolloutConfig:
     top_p: float = opt(1.0, "Nucleus sampling.")
     top_k: int = opt(-1, "Top-k sampling; -1 disables.")
     overlong_prompt: Literal["error", "drop"] = opt("drop", "A prompt over max_prompt_tokens: stop with an error, or drop it and count it.")
+    overlap_judging: bool = opt(False, "Make step t's opponent answers and verdicts (on their own engines, a driver "
+                                       "thread) while the trainer runs step t-1's update: the policy trains one step "
+                                       "off-policy (old log-probs taken right after sampling; PPO-clipped ratios). "
+                                       "false: every update is on-policy.")
     engine: EngineConfig = opt(factory=EngineConfig, help="The policy's own vLLM engine (colocated with the trainer).")
 
 

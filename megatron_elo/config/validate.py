@@ -100,6 +100,7 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
             1 <= cfg.cluster.trainer_nodes <= cfg.cluster.nodes,
             f"cluster.trainer_nodes: must be between 1 and cluster.nodes={cfg.cluster.nodes}, got {cfg.cluster.trainer_nodes}",
         )
+    check.need(cfg.cluster.timeout_minutes > 0, f"cluster.timeout_minutes: must be > 0, got {cfg.cluster.timeout_minutes}")
     t = cfg.trainer
     check.need(t.lr > 0, f"trainer.lr: must be > 0, got {t.lr}")
     check.need(0 <= t.min_lr <= t.lr, f"trainer.min_lr: must be in [0, trainer.lr={t.lr}], got {t.min_lr}")

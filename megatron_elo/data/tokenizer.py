@@ -57,3 +57,14 @@ class ChatTokenizer:
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         return self.hf.decode(ids, skip_special_tokens=True)
+
+
+def player_tokenizer(data, model) -> PromptTokenizer:
+    """A player's prompt tokenizer (``data``: the run's DataConfig, ``model``: the player's ModelConfig):
+    the synthetic task's characters, or the player's own HF tokenizer with its chat template."""
+    if data.format == "synthetic":
+        from megatron_elo.tasks.arithmetic import CharTokenizer
+
+        return CharTokenizer()
+    return ChatTokenizer(model.tokenizer or model.path, apply_chat_template=data.apply_chat_template,
+                         system_prompt=data.system_prompt)

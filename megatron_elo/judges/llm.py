@@ -12,20 +12,25 @@ the letters A / B / C (no parsing, no invalid verdicts). Position swap: each gam
 policy's answer first and again second; a verdict that changes with the order becomes a tie; an
 invalid verdict in either order drops the game. A backend failure (engine error, server timeout)
 drops the whole batch's games with the reason in ``Verdict.detail``; the run goes on.
+On a served engine ``judge_stream`` judges each batch (one opponent's games) as soon as it arrives,
+several at once; the verdicts are those of one big batch (greedy decoding, no randomness).
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
 from megatron_elo.flow import Game, Verdict
+from megatron_elo.judges.base import judge_in_one_batch
 
 Letter = Literal["A", "B", "tie"]
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "judge_pairwise.txt"
@@ -82,6 +87,8 @@ def load_template(path: str | None) -> str:
 class JudgeBackend(Protocol):
     """What an LLM judge needs from an engine. Prompts are fully rendered text (chat template applied)."""
 
+    concurrent: bool  # calls may overlap (a served engine)
+
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Greedy completion of each prompt."""
         ...
@@ -109,7 +116,9 @@ class JudgeStats:
 
 
 class LLMJudge:
-    """Decides pairwise games with an LLM (see the module docstring for the protocol)."""
+    """Decides pairwise games with an LLM (the ``Judge`` protocol; see the module docstring)."""
+
+    scores_single_answers = False
 
     def __init__(self, *, backend: JudgeBackend, tokenizer, template: str, swap_positions: bool = True,
                  logprob_verdicts: bool = False, max_new_tokens: int = 256):
@@ -120,6 +129,36 @@ class LLMJudge:
         self.logprob_verdicts = logprob_verdicts
         self.max_new_tokens = max_new_tokens
         self.stats = JudgeStats()
+        self._stats_lock = threading.Lock()  # batches of one stream are combined from several threads
+
+    def judge(self, games: Sequence[Game], rng: np.random.Generator | None = None) -> list[Verdict]:
+        """One verdict per game; a game without an opponent is invalid (this judge compares two answers)."""
+        return self.judge_pairs(games, rng)
+
+    def judge_stream(self, batches: Iterable[Sequence[Game]], rng: np.random.Generator | None = None) -> list[Verdict]:
+        """Each batch sent as soon as it arrives (a served backend: several in flight), else all in one."""
+        if not getattr(self.backend, "concurrent", False):
+            return judge_in_one_batch(self, batches, rng)
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="judge") as pool:
+            futures = [pool.submit(self.judge_pairs, list(batch)) for batch in batches]
+            verdicts = [v for future in futures for v in future.result()]
+        return sorted(verdicts, key=lambda v: v.game_id)
+
+    def metrics(self) -> dict[str, float]:
+        """Invalid, failed and order-flip rates over every game judged so far."""
+        return self.stats.as_metrics()
+
+    def close(self) -> None:
+        """Stop the judge's engine (its server, when it started one)."""
+        self.backend.close()
+
+    def state_dict(self) -> dict:
+        """Its statistics (so a resumed run's rates continue, not restart)."""
+        return asdict(self.stats)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s statistics."""
+        self.stats = JudgeStats(**state)
 
     def render(self, question: str, answer_a: str, answer_b: str) -> str:
         """The judge's prompt text: the filled template as a user turn, then the assistant prefix."""
@@ -146,19 +185,22 @@ class LLMJudge:
         prompts = [self.render(g.prompt.text, g.policy.text, g.opponent.text) for g in pairwise]
         if self.swap_positions:
             prompts += [self.render(g.prompt.text, g.opponent.text, g.policy.text) for g in pairwise]
-        self.stats.games += len(games)
         try:
             letters = self._letters(prompts) if prompts else []
         except Exception as err:  # a judge failure never crashes a run: drop these games, say why
-            self.stats.failed += len(pairwise)
+            with self._stats_lock:
+                self.stats.games += len(games)
+                self.stats.failed += len(pairwise)
             reason = f"judge failed: {type(err).__name__}: {err}"[:300]
             return [Verdict(game_id=g.game_id, valid=False, detail=reason if g.opponent is not None else "not a pairwise game")
                     for g in games]
         decided = {}
-        for index, game in enumerate(pairwise):
-            first = letters[index]
-            second = letters[index + len(pairwise)] if self.swap_positions else None
-            decided[game.game_id] = self._combine(game, first, second)
+        with self._stats_lock:
+            self.stats.games += len(games)
+            for index, game in enumerate(pairwise):
+                first = letters[index]
+                second = letters[index + len(pairwise)] if self.swap_positions else None
+                decided[game.game_id] = self._combine(game, first, second)
         return [decided.get(g.game_id) or Verdict(game_id=g.game_id, valid=False, detail="not a pairwise game") for g in games]
 
     def _combine(self, game: Game, first: tuple[Letter | None, str], second: tuple[Letter | None, str] | None) -> Verdict:
@@ -186,6 +228,7 @@ class EngineJudgeBackend:
     def __init__(self, engine, tokenizer):
         self.engine = engine
         self.tokenizer = tokenizer
+        self.concurrent = getattr(engine, "served", False)
 
     def close(self) -> None:
         """Stop the judge's engine (its server, when it runs as one)."""

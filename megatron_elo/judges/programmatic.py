@@ -9,16 +9,19 @@ score is replaced by a uniform draw on [0, 10].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from megatron_elo.flow import Game, Verdict
+from megatron_elo.judges.base import judge_in_one_batch
 from megatron_elo.tasks.arithmetic import absolute_score, answer_error
 
 
 class ArithmeticJudge:
-    """Decides games on the addition task. ``rng`` makes the noise reproducible."""
+    """Decides games on the addition task (the ``Judge`` protocol). ``rng`` makes the noise reproducible."""
+
+    scores_single_answers = True
 
     def __init__(self, *, noise: float, swap_positions: bool = True):
         if not 0 <= noise <= 1:
@@ -33,28 +36,42 @@ class ArithmeticJudge:
         a, b = answer_error(first, reference), answer_error(second, reference)
         return 1.0 if a < b else 0.0 if a > b else 0.5
 
+    def judge(self, games: Sequence[Game], rng: np.random.Generator) -> list[Verdict]:
+        """One verdict per game in order: pairwise when it has an opponent, else a score (noise drawn in game order)."""
+        return [self._score(game, rng) if game.opponent is None else self._pairwise(game, rng) for game in games]
+
+    def judge_stream(self, batches: Iterable[Sequence[Game]], rng: np.random.Generator) -> list[Verdict]:
+        """All batches judged together in game-id order, so the noise does not depend on their arrival."""
+        return judge_in_one_batch(self, batches, rng)
+
+    def metrics(self) -> dict[str, float]:
+        """No statistics of its own."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
     def judge_pairs(self, games: Sequence[Game], rng: np.random.Generator) -> list[Verdict]:
         """One verdict per pairwise game (policy vs opponent)."""
-        verdicts = []
-        for game in games:
-            if game.opponent is None or game.prompt.reference is None:
-                verdicts.append(Verdict(game_id=game.game_id, valid=False, detail="not a pairwise game with a reference"))
-                continue
-            policy, opponent, ref = game.policy.text, game.opponent.text, game.prompt.reference
-            score = self._first_wins(policy, opponent, ref, rng)
-            if self.swap_positions:
-                swapped = 1.0 - self._first_wins(opponent, policy, ref, rng)
-                score = score if score == swapped else 0.5
-            winner = {1.0: "policy", 0.0: "opponent", 0.5: "tie"}[score]
-            verdicts.append(Verdict(game_id=game.game_id, winner=winner, detail=f"truth={ref}"))
-        return verdicts
+        return [self._pairwise(game, rng) for game in games]
+
+    def _pairwise(self, game: Game, rng: np.random.Generator) -> Verdict:
+        if game.opponent is None or game.prompt.reference is None:
+            return Verdict(game_id=game.game_id, valid=False, detail="not a pairwise game with a reference")
+        policy, opponent, ref = game.policy.text, game.opponent.text, game.prompt.reference
+        score = self._first_wins(policy, opponent, ref, rng)
+        if self.swap_positions:
+            swapped = 1.0 - self._first_wins(opponent, policy, ref, rng)
+            score = score if score == swapped else 0.5
+        winner = {1.0: "policy", 0.0: "opponent", 0.5: "tie"}[score]
+        return Verdict(game_id=game.game_id, winner=winner, detail=f"truth={ref}")
 
     def score(self, games: Sequence[Game], rng: np.random.Generator) -> list[Verdict]:
         """One absolute score per game (the policy's answer alone)."""
-        verdicts = []
-        for game in games:
-            value = absolute_score(game.policy.text, game.prompt.reference or "")
-            if rng.random() < self.noise:
-                value = float(rng.uniform(0.0, 10.0))
-            verdicts.append(Verdict(game_id=game.game_id, score=value, detail=f"truth={game.prompt.reference}"))
-        return verdicts
+        return [self._score(game, rng) for game in games]
+
+    def _score(self, game: Game, rng: np.random.Generator) -> Verdict:
+        value = absolute_score(game.policy.text, game.prompt.reference or "")
+        if rng.random() < self.noise:
+            value = float(rng.uniform(0.0, 10.0))
+        return Verdict(game_id=game.game_id, score=value, detail=f"truth={game.prompt.reference}")

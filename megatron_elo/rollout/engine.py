@@ -60,6 +60,8 @@ def _import_vllm():
 class RolloutEngine:
     """A vLLM ``LLM`` on a local HF checkpoint directory, driven with token ids."""
 
+    served = False  # in this process: one caller at a time
+
     def __init__(self, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", distributed: bool = False):
         """distributed: True inside a torchrun world (colocated engine: external_launcher)."""
         vllm = _import_vllm()

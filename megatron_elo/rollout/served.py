@@ -184,6 +184,8 @@ class ServedRolloutEngine:
     """A vLLM engine behind an OpenAI-compatible server, with ``RolloutEngine``'s token-id interface
     (``generate``, ``score``); ``close`` stops the server when this object started it."""
 
+    served = True  # requests may come from several threads at once (the server batches them)
+
     def __init__(self, client: CompletionsClient, *, server: ServedEngine | None = None, concurrency: int = 64):
         self.client = client
         self.server = server

@@ -4,6 +4,7 @@
         meta.json                 format, step, layout, arch (written last: a directory without it is incomplete)
         shard_tp0_pp0.pt ...      model weights + optimizer state of each (tp, pp) shard (DP rank 0 writes)
         rng_rank0.pt ...          each rank's torch / numpy / python (and CUDA) RNG states
+        state_rank0.pt ...        each rank's own run state, when it has some (an overlapped run's pending batch)
 
 The optimizer state is per parameter and whole over DP (fp32 main weight, Adam moments:
 ``TrainerOptimizer.full_state``, gathered when the distributed optimizer shards it), so a checkpoint
@@ -57,15 +58,20 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | None = None, keep_last: int = 0) -> Path:
+def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | None = None, keep_last: int = 0,
+                    rank_state: dict | None = None, step: int | None = None) -> Path:
     """Write the trainer's state at its current step (collective: every rank calls it).
 
+    step: the run's step, naming the directory and meta.json's "step" (default: the trainer's optimizer
+    steps; they differ when a step takes several optimizer steps, or none: an overlapped run's first).
     extra: JSON-serialisable run state kept in meta.json (data position, Elo pool, MLflow run id).
     keep_last: delete all but the newest ``keep_last`` checkpoints afterwards (0 keeps all).
+    rank_state: this rank's own state (torch-saveable), read back by ``load_rank_state``.
     """
     groups = trainer.groups
     rank, c = dist.get_rank(), groups.coords
-    final = step_dir(root, trainer.step)
+    step = trainer.step if step is None else step
+    final = step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -76,10 +82,12 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
         torch.save({"model": trainer.model.state_dict(), "optimizer": optimizer_state, "step": trainer.step},
                    tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    if rank_state:
+        torch.save(rank_state, tmp / f"state_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         layout = groups.layout
-        meta = {"format": FORMAT, "step": trainer.step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+        meta = {"format": FORMAT, "step": step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
                 "arch": dataclasses.asdict(trainer.arch), "extra": extra or {}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -120,3 +128,9 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved
         _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta["extra"]
+
+
+def load_rank_state(path: str | Path) -> dict:
+    """This rank's own run state saved with the checkpoint at ``path`` ({} when it saved none)."""
+    file = Path(path) / f"state_rank{dist.get_rank()}.pt"
+    return torch.load(file, map_location="cpu", weights_only=False) if file.is_file() else {}

@@ -9,8 +9,10 @@ micro-batches cross the stages by megatron-core's 1F1B schedule (``trainer.pipel
 CUDA) or one at a time, the stages driven by hand (forward, send activations, receive output grads,
 backward; any device). Interleaved (virtual-stage) schedules are not wired.
 
+The loss is a name in ``loss.registry`` (the recipe's; GRPO's clipped policy gradient today), called
+on per-token log-probs without knowing where the batch's signal came from.
 Loss side (``trainer.kernels``): ``torch`` computes the logits shard and reduces it with
-``vocab_parallel_logprobs`` + ``reference.policy_loss``; ``triton`` stops the model before its output
+``vocab_parallel_logprobs`` + the registered torch loss; ``triton`` stops the model before its output
 layer and runs the fused linear log-prob + entropy kernel on the hidden states and the output weight
 (no [tokens x vocab] logits), then the fused policy-loss kernel (``kernels/``).
 """
@@ -26,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
-from megatron_elo.loss.reference import PolicyLossConfig, broadcast_to_tokens, policy_loss
+from megatron_elo.loss.reference import PolicyLossConfig
+from megatron_elo.loss.registry import get_loss
 from megatron_elo.models.gpt import output_layer_returns_hidden
 from megatron_elo.parallel.groups import ProcessGroups
 from megatron_elo.trainer.logprobs import shift_to_tokens, vocab_parallel_logprobs
@@ -121,7 +124,7 @@ class PolicyTrainer:
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
                  padded_vocab: int, total_steps: int, frozen: bool = False,
-                 data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS):
+                 data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS, loss: str = "grpo"):
         self.model = model
         self.groups = groups
         self.arch = arch
@@ -131,6 +134,7 @@ class PolicyTrainer:
         self.fused = config.kernels == "triton"
         if self.fused:
             import kernels.linear_logprob  # noqa: F401  (fail at start-up, not at the first step, if triton is missing)
+        self.loss_fn = get_loss(loss, fused=self.fused)  # the loss registry's (loss/registry.py)
         self.local_vocab = padded_vocab // groups.layout.tp
         self.device = next(model.parameters()).device
         self.pipeline_schedule = pick_pipeline_schedule(config.pipeline_schedule, device=self.device, pp=groups.layout.pp)
@@ -302,17 +306,8 @@ class PolicyTrainer:
 
     def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
         logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
-        mask = micro.response_mask
-        if self.fused:
-            from kernels import fused_policy_loss
-
-            loss, stats = fused_policy_loss(logprobs, micro.old_logprobs, micro.advantages, mask, config=self.loss_config,
-                                            ref_logprobs=micro.ref_logprobs, entropy=entropy, normalizer=normalizer)
-        else:
-            advantages = broadcast_to_tokens(micro.advantages, mask)
-            loss, stats = policy_loss(logprobs, micro.old_logprobs, advantages, mask, config=self.loss_config,
-                                      ref_logprobs=micro.ref_logprobs, entropy=entropy, normalizer=normalizer)
-        clipped_tokens = stats.clip_fraction * float(mask.sum())
+        loss, stats = self.loss_fn(logprobs, micro, entropy=entropy, config=self.loss_config, normalizer=normalizer)
+        clipped_tokens = stats.clip_fraction * float(micro.response_mask.sum())
         return loss, stats, clipped_tokens
 
     def _share_stats(self, totals: torch.Tensor, batch: TrainBatch) -> dict[str, float]:

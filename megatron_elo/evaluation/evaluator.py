@@ -1,0 +1,103 @@
+"""The held-out win rate of a trained player against the eval opponents.
+
+    evaluator = build_evaluator(ctx, sampler)          # the same builder for `train` and `megatron-elo eval`
+    result = evaluator.evaluate(step)                  # EvalResult on every rank (collective)
+
+Greedy against greedy answers (``eval.temperature`` 0), or ``eval.samples_per_prompt`` samples at
+``eval.temperature`` against one sampled answer per opponent; seeded by ``eval.seed`` alike at every
+evaluation and in every run, so evaluations differ only by the weights. Every rank generates its share
+on the player's engine; the driver gets the opponents' answers and judges (the task's exact checker
+when answers are checkable, else the LLM judge; a game without a valid verdict is left out of the
+rates, and the judge counts it); every rank gets the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from megatron_elo.config.schema import EvalConfig
+from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Prompt, Response
+from megatron_elo.judges.base import Judge
+from megatron_elo.parallel.world import World
+from megatron_elo.players.frozen import FrozenPlayers
+from megatron_elo.players.sampler import PolicySampler
+from megatron_elo.rollout.engine import SamplingSettings
+from megatron_elo.utils.seeds import stable_seed
+
+if TYPE_CHECKING:
+    from megatron_elo.runner.context import RunContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    """Held-out win rate of the policy against each eval opponent, noise-free judge."""
+
+    step: int
+    win_rate: float
+    ci95: float  # half-width of the normal-approximation 95% interval
+    per_opponent: dict[str, float]
+    exact: float  # fraction of the policy's held-out answers that are exact
+
+
+def win_rate_interval(wins: float, games: int) -> tuple[float, float]:
+    """(win rate, half-width of its 95% interval): ties count half; normal approximation."""
+    if games == 0:
+        return float("nan"), float("nan")
+    p = wins / games
+    return p, 1.96 * math.sqrt(max(p * (1 - p), 0.0) / games)
+
+
+class Evaluator:
+    """Plays the held-out games of one trained player (see the module docstring)."""
+
+    def __init__(self, *, config: EvalConfig, prompts: Sequence[Prompt], sampler: PolicySampler, world: World,
+                 opponents: FrozenPlayers | None, judge: Judge | None, opponent_names: Sequence[str], max_new_tokens: int):
+        self.config, self.prompts, self.sampler, self.world = config, list(prompts), sampler, world
+        self.opponents, self.judge = opponents, judge  # the driver's; None on the other ranks
+        self.opponent_names, self.max_new_tokens = list(opponent_names), max_new_tokens
+
+    def evaluate(self, step: int) -> EvalResult:
+        """The player's answers on every rank, the driver's games, the result on every rank."""
+        tokenizer = self.sampler.tokenizer
+        settings = SamplingSettings(n=self.config.samples_per_prompt, max_tokens=self.max_new_tokens,
+                                    temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
+                                    stop_token_ids=(tokenizer.eos_id,))
+        token_ids = [tokenizer.encode_prompt(p) for p in self.prompts]
+        answers = self.sampler.respond(self.prompts, token_ids, settings, player=POLICY)
+        result = self._judge(step, answers) if self.world.is_driver else None
+        return self.world.from_driver(result, waiting_for=f"the driver's evaluation games at step {step}")
+
+    def _judge(self, step: int, policy: list[list[Response]]) -> EvalResult:
+        """policy: [prompts][samples] answers -> win rate over every (prompt, sample, opponent) game."""
+        greedy = self.config.temperature == 0
+        requests = {name: self.prompts for name in self.opponent_names}
+        answers = dict(self.opponents.answers_as_completed(requests, greedy=greedy, seed=self.config.seed))
+        total_wins, total_games, per_opponent = 0.0, 0, {}
+        rng = np.random.default_rng(0)
+        for name in self.opponent_names:
+            theirs = answers[name]
+            games = [Game(game_id=len(group) * i + j, prompt=p, policy=r, opponent=theirs[p.prompt_id])
+                     for i, (p, group) in enumerate(zip(self.prompts, policy, strict=True)) for j, r in enumerate(group)]
+            decided = [v for v in self.judge.judge(games, rng) if v.valid and v.winner is not None]  # invalid: dropped
+            wins = sum(SCORE_OF_WINNER[v.winner] for v in decided)
+            per_opponent[name] = wins / len(decided) if decided else float("nan")
+            total_wins, total_games = total_wins + wins, total_games + len(decided)
+        rate, half = win_rate_interval(total_wins, total_games)
+        checkable = [(p, r) for p, group in zip(self.prompts, policy, strict=True) for r in group if p.reference is not None]
+        exact = float(np.mean([r.text.strip() == p.reference for p, r in checkable])) if checkable else float("nan")
+        return EvalResult(step=step, win_rate=rate, ci95=half, per_opponent=per_opponent, exact=exact)
+
+
+def build_evaluator(ctx: RunContext, sampler: PolicySampler) -> Evaluator:
+    """The run's evaluation of the player behind ``sampler`` (``eval`` config, held-out prompts, the
+    driver's opponents and eval judge): what ``train`` and ``megatron-elo eval`` both use."""
+    cfg = ctx.cfg
+    return Evaluator(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
+                     opponents=ctx.opponents(), judge=ctx.eval_judge(),
+                     opponent_names=cfg.eval.opponents or [o.name for o in cfg.opponents],
+                     max_new_tokens=cfg.rollout.max_new_tokens)

@@ -1,0 +1,40 @@
+"""The run's judges from its config: the training judge and the evaluation judge.
+
+    judge = build_judge(cfg, world_size=world.size)        # programmatic checker or LLM judge on its engine
+    evaluation = build_eval_judge(cfg, lambda: judge)      # noise-free checker when answers are checkable
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from megatron_elo.config.schema import RunConfig
+from megatron_elo.judges.base import Judge
+
+
+def build_judge(cfg: RunConfig, *, world_size: int) -> Judge:
+    """``judge.kind``: the task's checker with ``judge.noise``, or the LLM judge on its own engine."""
+    if cfg.judge.kind == "programmatic":
+        from megatron_elo.judges.programmatic import ArithmeticJudge
+
+        return ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions)
+    from megatron_elo.judges.llm import build_llm_judge
+
+    return build_llm_judge(cfg.judge, seed=cfg.seed, cluster=cfg.cluster, world_size=world_size,
+                           log_dir=Path(cfg.output_dir) / "engine_logs")
+
+
+def answers_are_checkable(cfg: RunConfig) -> bool:
+    """Held-out answers can be checked exactly: the synthetic task, or prompts with references for a checker."""
+    return cfg.data.format == "synthetic" or cfg.judge.kind == "programmatic"
+
+
+def build_eval_judge(cfg: RunConfig, training_judge: Callable[[], Judge]) -> Judge:
+    """Evaluation's judge: the exact checker without noise or swaps when answers are checkable, else
+    the training judge (``training_judge()``, built on first need)."""
+    if answers_are_checkable(cfg):
+        from megatron_elo.judges.programmatic import ArithmeticJudge
+
+        return ArithmeticJudge(noise=0.0, swap_positions=False)
+    return training_judge()

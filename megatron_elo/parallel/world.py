@@ -1,0 +1,93 @@
+"""The run's process world: this rank, the world size, and the driver's channel to the others.
+
+    world = World.join(device="cpu", timeout_minutes=30)       # torchrun's env://, or a world of one
+    prompts = world.from_driver(prompts if world.is_driver else None)
+    world.barrier("preparing the players")
+
+Rank 0, the driver, does the long one-rank phases (making players, playing games against opponents,
+judging, evaluation's games); the other ranks wait for it in ``from_driver`` / ``barrier``. Those
+waits go through a gloo group of their own whose timeout is ``cluster.timeout_minutes``: a driver
+stuck longer ends the run with a message naming that setting instead of a silent hang. The group is
+gloo in every world (objects are pickled on the CPU; NCCL would need them on the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT_SETTING = "cluster.timeout_minutes"
+
+
+class DriverTimeout(RuntimeError):
+    """A rank waited for the driver longer than ``cluster.timeout_minutes``."""
+
+
+class World:
+    """This process's place in the run (explicit: stages get it passed, nothing reads globals)."""
+
+    def __init__(self, *, rank: int, size: int, driver_group: dist.ProcessGroup | None, timeout_minutes: float):
+        self.rank, self.size = rank, size
+        self.driver_group = driver_group  # None in a world of one
+        self.timeout_minutes = timeout_minutes
+
+    @classmethod
+    def join(cls, *, device: str, timeout_minutes: float) -> World:
+        """Join the torchrun / SLURM world (env://) or make a world of one, set this rank's GPU, and make
+        the driver group (collective: every rank calls it once, before any other group is built)."""
+        from megatron_elo.parallel.spawn import init_world_of_one
+
+        backend = "gloo" if device == "cpu" else "nccl"
+        timeout = timedelta(minutes=timeout_minutes)
+        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend, timeout=timeout)  # torchrun / SLURM set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+        init_world_of_one(backend)
+        rank, size = dist.get_rank(), dist.get_world_size()
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
+        group = dist.new_group(backend="gloo", timeout=timeout) if size > 1 else None
+        return cls(rank=rank, size=size, driver_group=group, timeout_minutes=timeout_minutes)
+
+    @property
+    def is_driver(self) -> bool:
+        """Rank 0: draws prompts, plays the games, keeps the Elo pool, logs."""
+        return self.rank == 0
+
+    def from_driver(self, value, *, waiting_for: str = "the driver"):
+        """``value`` as the driver has it, on every rank (pickled broadcast; identity in a world of one)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        with self._timed(waiting_for):
+            dist.broadcast_object_list(box, src=0, group=self.driver_group)
+        return box[0]
+
+    def barrier(self, waiting_for: str) -> None:
+        """Every rank waits here until all arrive (the driver's long phases: ``waiting_for`` names it)."""
+        if self.size > 1:
+            with self._timed(waiting_for):
+                dist.barrier(group=self.driver_group)
+
+    def _timed(self, waiting_for: str):
+        return _TimeoutNamed(self, waiting_for)
+
+
+class _TimeoutNamed:
+    """Re-raise a collective's timeout as ``DriverTimeout`` naming the setting and the phase."""
+
+    def __init__(self, world: World, waiting_for: str):
+        self.world, self.waiting_for = world, waiting_for
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is not None and isinstance(error, RuntimeError) and "timed out" in str(error).lower():
+            raise DriverTimeout(
+                f"rank {self.world.rank} waited more than {TIMEOUT_SETTING}={self.world.timeout_minutes:g} for "
+                f"{self.waiting_for}; raise {TIMEOUT_SETTING} if that phase is legitimately this long "
+                f"(a large evaluation or judge batch), else look for the driver's error in its log") from error
+        return False

@@ -1,0 +1,71 @@
+"""Frozen opponents' answers on disk, keyed by what the opponent actually saw.
+
+    store = AnswerStore(Path(output_dir) / "opponent_cache" / "answers.sqlite")
+    key = answer_key(model_dir, token_ids, settings, seed)
+    store.get_many([key])  ->  {key: text} for the keys it holds
+    store.put_many([(key, "p0", text)], opponent="medium")
+
+The key is a digest of the opponent's model directory (resolved), the rendered token ids of its
+prompt (chat template and system prompt included), its sampling settings and the request's seed, so
+a changed template, system prompt, temperature or checkpoint never reuses a stale answer. One sqlite
+file, looked up per key (nothing is read whole into memory); only the driver writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from megatron_elo.rollout.engine import SamplingSettings
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, opponent TEXT, prompt_id TEXT, text TEXT)"
+_LOOKUP_CHUNK = 500  # keys per SELECT (sqlite's host-parameter limit is 999 on old builds)
+
+
+def answer_key(model_dir: str | None, token_ids: Sequence[int], settings: SamplingSettings, seed: int) -> str:
+    """The store's key of one answer: sha256 over (model, prompt ids, sampling settings, seed)."""
+    described = [str(Path(model_dir or "").resolve()), list(token_ids), settings.temperature, settings.top_p,
+                 settings.top_k, settings.max_tokens, list(settings.stop_token_ids), seed]
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+
+class AnswerStore:
+    """An sqlite table of answer texts; a connection per call (safe from the opponents' threads)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _connect(self):
+        """A connection for one transaction (committed on success), closed afterwards."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=60)
+        try:
+            with connection:
+                connection.execute(_SCHEMA)
+                yield connection
+        finally:
+            connection.close()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """{key: text} for every key the store holds (missing keys are left out)."""
+        keys = list(keys)
+        if not keys or not self.path.is_file():
+            return {}
+        found: dict[str, str] = {}
+        with self._connect() as connection:
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                rows = connection.execute(f"SELECT key, text FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                found.update(rows.fetchall())
+        return found
+
+    def put_many(self, answers: Sequence[tuple[str, str, str]], *, opponent: str) -> None:
+        """Store ``answers``: (key, prompt_id, text) rows of ``opponent`` (the prompt id is kept for inspection)."""
+        rows = [(key, opponent, prompt_id, text) for key, prompt_id, text in answers]
+        with self._connect() as connection:
+            connection.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)

@@ -1,0 +1,136 @@
+"""A trained player: its trainer (megatron-core shard), its colocated engine and the weight sync.
+
+    player = TrainedPlayer.build(cfg, world, name="policy", loss="grpo")
+    rollouts = player.rollouts(batch, step)                 # [P][n] Response (every rank)
+    prepared = player.prepare(batch, rollouts)              # sequences + old (and reference) log-probs
+    stats = player.train(prepared, advantages)              # one StepStats per optimizer step
+    player.sync_weights()                                   # Megatron shards -> the engine's layout
+
+The engine is colocated: one shard per trainer rank, released (GPU sleep mode) while the trainer
+updates. Several trained players (SPARTA) are several of these, time-sharing the ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from megatron_elo.config.schema import RunConfig
+from megatron_elo.data.tokenizer import PromptTokenizer, player_tokenizer
+from megatron_elo.flow import PromptBatch, Response
+from megatron_elo.parallel.world import World
+from megatron_elo.players.sampler import PolicySampler
+from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
+from megatron_elo.trainer.step import PolicyTrainer, StepStats, TrainBatch
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedRollouts:
+    """A step's sequences, cut into this DP rank's share of each optimizer step, with the log-probs the
+    sampler's weights give them (computed before any update, so the first update is on-policy)."""
+
+    batches: tuple[TrainBatch, ...]  # advantages still zero: ``TrainedPlayer.train`` fills them in
+    rows: tuple[slice, ...]  # each batch's rows in the step's [P * n] sequences
+    response_tokens: float  # response tokens over the whole step (all DP ranks)
+
+
+def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -> PolicyTrainer:
+    """This rank's trainer of ``cfg.model`` (``frozen``: a log-prob-only copy, e.g. the KL reference)."""
+    from megatron_elo.parallel.layout import ParallelLayout
+    from megatron_elo.trainer.build import build_policy_trainer
+    from megatron_elo.trainer.optimizer import DataParallelOptions
+
+    return build_policy_trainer(cfg.model.path, ParallelLayout.from_config(cfg), cfg.trainer, total_steps=cfg.trainer.steps,
+                                dtype=cfg.trainer.precision, device=cfg.cluster.device,
+                                pad_vocab_to_multiple_of=cfg.model.pad_vocab_to_multiple_of, frozen=frozen,
+                                data_parallel=DataParallelOptions.from_config(cfg.parallel), loss=loss)
+
+
+class TrainedPlayer:
+    """One trained model on every rank of the world (see the module docstring)."""
+
+    def __init__(self, *, name: str, cfg: RunConfig, trainer: PolicyTrainer, reference: PolicyTrainer | None,
+                 sampler: PolicySampler, tokenizer: PromptTokenizer):
+        self.name, self.cfg = name, cfg
+        self.trainer, self.reference = trainer, reference
+        self.sampler, self.tokenizer = sampler, tokenizer
+
+    @classmethod
+    def build(cls, cfg: RunConfig, world: World, *, name: str, loss: str) -> TrainedPlayer:
+        """Trainer (and KL reference when trainer.kl_coef > 0) from cfg.model, then its colocated engine
+        (collective)."""
+        trainer = build_trainer(cfg, loss=loss)
+        reference = build_trainer(cfg, frozen=True, loss=loss) if cfg.trainer.kl_coef > 0 else None
+        engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype,
+                               distributed=world.size > 1)
+        tokenizer = player_tokenizer(cfg.data, cfg.model)
+        return cls(name=name, cfg=cfg, trainer=trainer, reference=reference,
+                   sampler=PolicySampler(engine, world=world, tokenizer=tokenizer), tokenizer=tokenizer)
+
+    # ------------------------------------------------------------ sampling
+
+    def rollouts(self, batch: PromptBatch, step: int) -> list[list[Response]]:
+        """n samples of every prompt at the rollout settings, seeded by (run seed, step, prompt index)."""
+        r = self.cfg.rollout
+        settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                    top_k=r.top_k, seed=self.cfg.seed * 1_000_003 + step * 10_007,
+                                    stop_token_ids=(self.tokenizer.eos_id,))
+        return self.sampler.respond(batch.prompts, batch.token_ids, settings, player=self.name)
+
+    def sleep(self) -> None:
+        """Release the engine's memory for the update (GPU sleep mode; no-op on CPU)."""
+        self.sampler.engine.sleep()
+
+    def wake_up(self) -> None:
+        """Take the engine's memory back before the weight sync."""
+        self.sampler.engine.wake_up()
+
+    def sync_weights(self) -> None:
+        """Stream this rank's Megatron shard into its engine shard's layout (collective)."""
+        from megatron_elo.rollout.weight_sync import hf_weight_stream
+
+        engine = self.sampler.engine
+        engine.load_weights(hf_weight_stream(self.trainer.model, self.trainer.groups, self.trainer.arch, engine=engine.shard()))
+
+    # ------------------------------------------------------------ training
+
+    def sequences(self, batch: PromptBatch, rollouts: list[list[Response]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt + response token rows, right-padded, and the response mask: ([P*n, S] int64, [P*n, S] bool)."""
+        rows, masks = [], []
+        for prompt_ids, group in zip(batch.token_ids, rollouts, strict=True):
+            for sample in group:
+                rows.append(list(prompt_ids) + list(sample.token_ids))
+                masks.append([False] * len(prompt_ids) + [True] * len(sample.token_ids))
+        width = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [self.tokenizer.pad_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([m + [False] * (width - len(m)) for m in masks])
+        return tokens, mask
+
+    def _logprobs(self, model: PolicyTrainer, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, S] log-probs of the response tokens under ``model``'s current weights (0 elsewhere, and on
+        pipeline stages before the last, which compute no loss)."""
+        logprobs = model.compute_logprobs(tokens)
+        return (logprobs if logprobs is not None else torch.zeros(tokens.shape)) * mask
+
+    def prepare(self, batch: PromptBatch, rollouts: list[list[Response]]) -> PreparedRollouts:
+        """One TrainBatch per optimizer step (``global_batch_size`` consecutive sequences): this DP rank's
+        contiguous share of it, with old (and reference) log-probs under the current weights."""
+        tokens, mask = self.sequences(batch, rollouts)
+        size = self.cfg.trainer.global_batch_size
+        share = size // self.trainer.groups.layout.dp
+        first = self.trainer.groups.coords.dp_rank * share  # this rank's offset inside each step's sequences
+        batches, rows = [], []
+        for start in range(0, len(tokens), size):
+            mine = slice(start + first, start + first + share)
+            part_tokens, part_mask = tokens[mine], mask[mine]
+            reference = self._logprobs(self.reference, part_tokens, part_mask) if self.reference is not None else None
+            batches.append(TrainBatch(tokens=part_tokens, response_mask=part_mask, advantages=torch.zeros(len(part_tokens)),
+                                      old_logprobs=self._logprobs(self.trainer, part_tokens, part_mask), ref_logprobs=reference))
+            rows.append(mine)
+        return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()))
+
+    def train(self, prepared: PreparedRollouts, advantages: torch.Tensor) -> list[StepStats]:
+        """One optimizer step per prepared batch; ``advantages``: [P * n], one per sequence of the step."""
+        return [self.trainer.train_step(replace(part, advantages=advantages[rows]))
+                for part, rows in zip(prepared.batches, prepared.rows, strict=True)]

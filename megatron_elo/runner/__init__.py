@@ -1,0 +1,1 @@
+"""The runner: cadence (steps, evaluation, checkpoints, logging), the stateful-stage registry, reports."""

@@ -1,0 +1,1 @@
+"""Verdicts -> outcomes -> the training signal (GRPO group advantages; preference pairs next)."""

@@ -1,0 +1,231 @@
+"""The stages behind the recipes, each alone: the answer store keys on what an opponent saw, served
+opponents are asked concurrently, the state registry restores every stateful stage (and names the
+ones a checkpoint lacks), the loss registry, and a rank waiting on a slow driver fails naming
+cluster.timeout_minutes instead of hanging."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_elo.config.loader import load_config
+from megatron_elo.flow import Prompt
+from megatron_elo.parallel.spawn import run_distributed
+from megatron_elo.rollout.engine import Sample
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+class FakeEngine:
+    """Answers every prompt with its own length (as digits), counting the prompts it generated."""
+
+    def __init__(self, *, served: bool = False, barrier: threading.Barrier | None = None, tp: int = 1, dp: int = 1):
+        from megatron_elo.config.schema import EngineConfig
+
+        self.served, self.barrier, self.generated = served, barrier, 0
+        self.config = EngineConfig(tp=tp, dp=dp)
+
+    def generate(self, prompts, settings, seeds=None):
+        from megatron_elo.tasks.arithmetic import CharTokenizer
+
+        if self.barrier is not None:
+            self.barrier.wait(timeout=20)  # every served opponent must be asked before any returns
+        self.generated += len(prompts)
+        digits = CharTokenizer()
+        return [[Sample(token_ids=tuple(digits.encode(str(len(p)))), logprobs=(0.0,), finish_reason="stop")] * settings.n
+                for p in prompts]
+
+    def close(self):
+        pass
+
+
+def _player(tmp_path: Path, tokenizer, engine: FakeEngine, *, temperature: float = 1.0):
+    from megatron_elo.config.schema import OpponentConfig
+    from megatron_elo.players.answer_store import AnswerStore
+    from megatron_elo.players.frozen import FrozenPlayer
+
+    config = OpponentConfig(name="rival", temperature=temperature, max_new_tokens=4)
+    return FrozenPlayer(config, tokenizer=tokenizer, store=AnswerStore(tmp_path / "answers.sqlite"), run_seed=0,
+                        open_engine=lambda: engine, served=engine.served)
+
+
+def test_the_answer_store_keys_on_what_the_opponent_saw(tmp_path):
+    """The same prompt, template, settings and seed reuse the stored answer (a new process included: a
+    fresh player on the same file); another system prompt, temperature or seed is a new answer."""
+    from megatron_elo.data.tokenizer import ChatTokenizer
+    from megatron_elo.models.tiny import make_tiny_tokenizer
+
+    make_tiny_tokenizer(tmp_path / "tok")
+    prompts = [Prompt(prompt_id=f"p{i}", text=f"question {i}") for i in range(3)]
+    engine = FakeEngine()
+    first = _player(tmp_path, ChatTokenizer(str(tmp_path / "tok"), system_prompt="Be brief."), engine)
+    answers = first.answers(prompts)
+    assert engine.generated == 3 and (tmp_path / "answers.sqlite").is_file()
+    again = _player(tmp_path, ChatTokenizer(str(tmp_path / "tok"), system_prompt="Be brief."), engine)
+    assert again.answers(prompts) == answers and engine.generated == 3  # all three from the store
+    other_system = _player(tmp_path, ChatTokenizer(str(tmp_path / "tok"), system_prompt="Be thorough."), engine)
+    changed = other_system.answers(prompts)
+    assert engine.generated == 6 and changed != answers  # the longer system prompt: other ids, other answers
+    _player(tmp_path, ChatTokenizer(str(tmp_path / "tok"), system_prompt="Be brief."), engine, temperature=0.5).answers(prompts)
+    assert engine.generated == 9
+    first.answers(prompts, seed=7)
+    assert engine.generated == 12
+    first.answers(prompts, greedy=True) and first.answers(prompts, greedy=True)
+    assert engine.generated == 15  # greedy answers are stored apart from sampled ones, once
+
+
+def test_served_opponents_are_asked_concurrently_in_process_ones_in_turn(tmp_path):
+    """answers_as_completed: two served opponents must both be in flight (each waits at a barrier
+    for the other); the in-process one answers in this thread meanwhile."""
+    from megatron_elo.players.frozen import FrozenPlayers
+    from megatron_elo.tasks.arithmetic import CharTokenizer
+
+    barrier = threading.Barrier(2)
+    engines = {"a": FakeEngine(served=True, barrier=barrier), "b": FakeEngine(served=True, barrier=barrier),
+               "local": FakeEngine()}
+    players = {}
+    for name, engine in engines.items():
+        player = _player(tmp_path / name, CharTokenizer(), engine)
+        player.name = name
+        players[name] = player
+    prompts = [Prompt(prompt_id=f"p{i}", text=f"{i}+1=") for i in range(4)]
+    got = dict(FrozenPlayers(players).answers_as_completed({"a": prompts, "b": prompts[:2], "local": prompts[1:]}))
+    assert set(got) == {"a", "b", "local"} and [len(got[n]) for n in ("a", "b", "local")] == [4, 2, 3]
+    assert got["b"]["p1"].player == "b" and got["b"]["p1"].text == str(len(CharTokenizer().encode_prompt(prompts[1])))
+
+
+class Counter:
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+class PerRank:
+    def __init__(self):
+        self.tensor = torch.zeros(2)
+
+    def rank_state_dict(self):
+        return {"tensor": self.tensor}
+
+    def load_rank_state_dict(self, state):
+        self.tensor = state["tensor"]
+
+
+def test_the_state_registry_keeps_the_stateful_stages_and_names_missing_ones(tmp_path):
+    from megatron_elo.runner.state import RunState, StateRegistry
+
+    run_state, counter, per_rank = RunState(step=3, evals=[{"step": 0}]), Counter(), PerRank()
+    registry = StateRegistry(run_state)
+    registry.register_stages({"counter": counter, "pending": per_rank, "stateless": object(), "absent": None})
+    assert set(registry.json_stages) == {"run", "counter"} and set(registry.rank_stages) == {"pending"}
+    counter.value, per_rank.tensor = 5, torch.ones(2)
+    saved, saved_rank = registry.state_dict(), registry.rank_state_dict()
+    fresh_state, fresh_counter, fresh_rank = RunState(), Counter(), PerRank()
+    again = StateRegistry(fresh_state)
+    again.register_stages({"counter": fresh_counter, "pending": fresh_rank})
+    again.load(saved, saved_rank, source=tmp_path)
+    assert fresh_state == run_state and fresh_counter.value == 5 and torch.equal(fresh_rank.tensor, torch.ones(2))
+    with pytest.raises(ValueError, match=r"has no saved state for stage\(s\) \['counter'\]"):
+        again.load({"run": saved["run"]}, saved_rank, source=tmp_path)
+    with pytest.raises(ValueError, match="registered already"):
+        again.register("counter", Counter())
+
+
+def test_a_stateful_stage_a_recipe_does_not_list_is_found():
+    from megatron_elo.runner.state import unlisted_stages
+
+    class Recipe:
+        def __init__(self):
+            self.counter, self.pending, self.forgotten, self.plain = Counter(), PerRank(), Counter(), object()
+
+        def stages(self):
+            return {"counter": self.counter, "pending": self.pending}
+
+    recipe = Recipe()
+    assert unlisted_stages(recipe, recipe.stages()) == ["forgotten"]
+    assert unlisted_stages(recipe, {**recipe.stages(), "forgotten": recipe.forgotten}) == []
+
+
+def test_the_loss_registry():
+    from megatron_elo.loss.reference import PolicyLossConfig, policy_loss
+    from megatron_elo.loss.registry import LossSpec, get_loss, register_loss
+    from megatron_elo.trainer.step import TrainBatch
+
+    torch.manual_seed(0)
+    logprobs, old = -torch.rand(2, 5), -torch.rand(2, 5)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    micro = TrainBatch(tokens=torch.zeros(2, 5, dtype=torch.long), response_mask=mask, advantages=torch.tensor([1.0, -0.5]),
+                       old_logprobs=old)
+    config = PolicyLossConfig()
+    loss, _ = get_loss("grpo", fused=False)(logprobs, micro, entropy=None, config=config, normalizer=6.0)
+    expected, _ = policy_loss(logprobs, old, torch.tensor([[1.0] * 5, [-0.5] * 5]) * mask, mask, config=config, normalizer=6.0)
+    assert loss.item() == expected.item()
+    with pytest.raises(ValueError, match=r"unknown loss 'dpo'; registered: \['grpo'\]"):
+        get_loss("dpo", fused=False)
+    with pytest.raises(ValueError, match="registered already"):
+        register_loss(LossSpec(name="grpo", torch=policy_loss))
+
+
+class SlowJudge:
+    """The exact checker after a pause longer than the configured timeout."""
+
+    def __init__(self, seconds: float):
+        from megatron_elo.judges.programmatic import ArithmeticJudge
+
+        self.seconds, self.inner = seconds, ArithmeticJudge(noise=0.0, swap_positions=False)
+
+    def judge(self, games, rng):
+        time.sleep(self.seconds)
+        return self.inner.judge(games, rng)
+
+
+def evaluate_with_a_slow_driver(rank, world_size, timeout_minutes, judge_seconds):
+    """The evaluation stage on 2 ranks (fake engines), its driver judging for ``judge_seconds``."""
+    from megatron_elo.config.schema import OpponentConfig
+    from megatron_elo.evaluation.evaluator import Evaluator
+    from megatron_elo.parallel.world import DriverTimeout, World
+    from megatron_elo.players.answer_store import AnswerStore
+    from megatron_elo.players.frozen import FrozenPlayer, FrozenPlayers
+    from megatron_elo.players.sampler import PolicySampler
+    from megatron_elo.tasks.arithmetic import CharTokenizer, make_prompts
+
+    world = World.join(device="cpu", timeout_minutes=timeout_minutes)
+    cfg = load_config(TINY)
+    opponents = None
+    if world.is_driver:
+        import tempfile
+
+        store = AnswerStore(Path(tempfile.mkdtemp()) / "answers.sqlite")
+        opponents = FrozenPlayers({"rival": FrozenPlayer(OpponentConfig(name="rival"), tokenizer=CharTokenizer(), store=store,
+                                                         run_seed=0, open_engine=FakeEngine, served=False)})
+    evaluator = Evaluator(config=cfg.eval, prompts=make_prompts(4, seed=0, max_operand=9), world=world,
+                          sampler=PolicySampler(FakeEngine(dp=2), world=world, tokenizer=CharTokenizer()),
+                          opponents=opponents, judge=SlowJudge(judge_seconds) if world.is_driver else None,
+                          opponent_names=["rival"], max_new_tokens=4)
+    try:
+        return evaluator.evaluate(step=7)
+    except DriverTimeout as err:
+        return f"DriverTimeout: {err}"
+    except RuntimeError as err:  # the driver, after its peer gave up: gloo's "connection closed by peer"
+        return f"{type(err).__name__}: {str(err)[:80]}"
+
+
+def test_a_rank_waiting_longer_than_the_timeout_for_the_drivers_evaluation_fails_naming_the_setting():
+    """cluster.timeout_minutes = 0.05 (3 s), the driver judges for 8 s: rank 1 stops with a message naming
+    the setting and the phase (the driver then finds its peer gone); a timeout above the judging time
+    gives both ranks the same result."""
+    driver, other = run_distributed(evaluate_with_a_slow_driver, 2, 0.05, 8.0, timeout=120)
+    assert other.startswith("DriverTimeout: rank 1 waited more than cluster.timeout_minutes=0.05 for the driver's "
+                            "evaluation games at step 7; raise cluster.timeout_minutes")
+    assert driver.startswith("RuntimeError")  # it did not hang either
+    driver, other = run_distributed(evaluate_with_a_slow_driver, 2, 1.0, 0.5, timeout=120)
+    assert driver == other and driver.step == 7 and driver.per_opponent.keys() == {"rival"}
