@@ -57,7 +57,7 @@ def _policy_loss_kernel(logprobs_ptr, old_ptr, ref_ptr, entropy_ptr, mask_ptr, a
         active = tl.load(mask_ptr + base + cols, mask=inside, other=0) != 0
         logp = tl.load(logprobs_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
         old = tl.load(old_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        ratio = tl.exp(logp - old)
+        ratio = tl.exp(tl.where(active, logp - old, 0.0))  # off the mask exp() may overflow: inf * 0 weight = NaN
         unclipped = -advantage * ratio
         clipped = -advantage * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
         took_clip = clipped > unclipped
@@ -67,7 +67,7 @@ def _policy_loss_kernel(logprobs_ptr, old_ptr, ref_ptr, entropy_ptr, mask_ptr, a
         kl = tl.zeros_like(logp)
         if HAS_KL:
             ref = tl.load(ref_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-            log_ratio = ref - logp
+            log_ratio = tl.where(active, ref - logp, 0.0)
             if KL_K3:
                 kl = tl.exp(log_ratio) - log_ratio - 1.0
                 grad += kl_coef * (1.0 - tl.exp(log_ratio))

@@ -8,8 +8,8 @@ GET /health -> 200. POST /v1/completions, ``prompt`` a list of token-id lists:
 - else ``n`` choices per prompt whose token ids encode --reply (default: "[[A]]" when the decoded
   prompt contains "policy-first", else "[[B]]") with the tokenizer given to ``make_server`` (without
   one: ids [7, 8, 9]), each token's log-prob -0.5.
-Greedy requests with n > 1 get 400 (as vLLM answers); the first N posts answer 503; each post waits
---delay seconds first. ``server.requests`` keeps every request body.
+Greedy requests with n > 1 get 400 (as vLLM answers), and so does a prompt longer than
+``max_prompt_len``; the first N posts answer 503; each post waits --delay seconds first. ``server.requests`` keeps every request body.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: str | None = None,
-                tokenizer=None) -> ThreadingHTTPServer:
+                tokenizer=None, max_prompt_len: int | None = None) -> ThreadingHTTPServer:
     state = {"posts": 0}
     lock = threading.Lock()
     requests: list[dict] = []
@@ -59,6 +59,9 @@ def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: st
                 return self._send(503, {"error": "warming up"})
             if "prompt" not in body or "model" not in body:
                 return self._send(400, {"error": "prompt and model are required"})
+            too_long = [len(p) for p in body["prompt"] if max_prompt_len is not None and len(p) > max_prompt_len]
+            if too_long:
+                return self._send(400, {"error": f"prompt of {too_long[0]} tokens is longer than max_model_len"})
             n = body.get("n", 1)
             if body.get("temperature") == 0.0 and n > 1:
                 return self._send(400, {"error": f"n must be 1 when using greedy sampling, got {n}."})

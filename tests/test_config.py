@@ -370,3 +370,17 @@ def test_llm_judge_template_is_checked_up_front(tmp_path):
         tiny("judge.kind=llm", f"judge.model.path={_write_hf_config(tmp_path / 'judge')}", f"judge.template={template}")
     with pytest.raises(ConfigError, match=r"judge.template: no file at .*missing.txt"):
         tiny("judge.kind=llm", f"judge.model.path={tmp_path / 'judge'}", f"judge.template={tmp_path}/missing.txt")
+
+
+def test_settings_without_an_effect_are_unknown_or_refused(tmp_path):
+    """opponents[].frozen and the 'sorting' task were accepted and ignored: now refused; a reward model
+    is for the point recipe only and must be on disk."""
+    with pytest.raises(ConfigError, match=r"opponents.0.frozen: unknown key"):
+        tiny("opponents.weak.frozen=false")
+    with pytest.raises(ConfigError, match=r"data.synthetic.task: 'sorting' is not one of 'arithmetic'"):
+        tiny("data.synthetic.task=sorting")
+    with pytest.raises(ConfigError) as excinfo:
+        tiny(f"algorithm.reward_model.path={tmp_path / 'rm'}")
+    problems = problems_of(excinfo)
+    assert "algorithm.reward_model: only algorithm.name=point scores answers with a reward model" in problems
+    assert "algorithm.reward_model.path" in problems and "has no config.json" in problems

@@ -4,6 +4,7 @@ and the DALI backend giving the same batches."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,28 @@ def test_dali_refuses_shards_of_another_tokenizer_or_prompt_file(tmp_path):
     edited = [*PROMPTS[:-1], Prompt(prompt_id=PROMPTS[-1].prompt_id, text=PROMPTS[-1].text + "!")]  # same count, last row changed
     with pytest.raises(ValueError, match="written for another prompt file"):
         DaliPromptLoader(edited, tmp_path, batch_size=2, seed=0, shuffle=False, pad_id=0, encode=encode)
+
+
+def test_chat_template_kwargs_reach_the_players_and_the_judges_templates(tmp_path):
+    """model.chat_template_kwargs (e.g. Qwen3's enable_thinking: false) is passed to the chat template
+    of a player's tokenizer and of the LLM judge's prompts; it is a mapping in the config."""
+    import transformers
+
+    from megatron_elo.config.loader import ConfigError, load_config
+    from megatron_elo.data.tokenizer import ChatTokenizer
+    from megatron_elo.judges.llm import LLMJudge, load_template
+    from megatron_elo.models.tiny import make_tiny_tokenizer
+
+    tokenizer_dir = str(make_tiny_tokenizer(tmp_path / "tok"))
+    hf = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = Prompt(prompt_id="p", text="2+2?")
+    thinking = hf.decode(ChatTokenizer(tokenizer_dir).encode_prompt(prompt))
+    direct = hf.decode(ChatTokenizer(tokenizer_dir, template_kwargs={"enable_thinking": False}).encode_prompt(prompt))
+    assert "<think>" not in thinking and direct == thinking + "<think>\n\n</think>\n\n"
+    judge = LLMJudge(backend=None, tokenizer=hf, template=load_template(None), template_kwargs={"enable_thinking": False})
+    assert judge.render("q", "a", "b").endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    assert load_config(tiny, ["model.chat_template_kwargs={enable_thinking: false}"]).model.chat_template_kwargs == \
+        {"enable_thinking": False}
+    with pytest.raises(ConfigError, match="model.chat_template_kwargs: expected a mapping"):
+        load_config(tiny, ["model.chat_template_kwargs=true"])

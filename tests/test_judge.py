@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from megatron_elo.flow import Game, Prompt, Response
-from megatron_elo.judges.llm import EngineJudgeBackend, LLMJudge, load_template, parse_verdict
+from megatron_elo.judges.llm import (
+    EngineJudgeBackend,
+    JudgeReply,
+    LLMJudge,
+    load_template,
+    parse_verdict,
+    read_reply,
+)
 from megatron_elo.parallel.spawn import free_port
 from megatron_elo.rollout.engine import SamplingSettings
 from megatron_elo.rollout.served import CompletionsClient, ServedEngine, ServedRolloutEngine, ServerError
@@ -45,6 +52,11 @@ def tokenizer(tmp_path_factory):
     ("I cannot decide", None),
     ("", None),
     ("Answer A is longer but Answer B is correct", None),  # no verdict given
+    ("Neither answer is a complete solution", None),       # the English article is not a verdict
+    ("The better answer is a concise one", None),
+    ("Let me draw a comparison first.", None),             # "draw" before the end is not a tie
+    ("Both are equally good.", "tie"),
+    ("The better answer is B.", "B"),
 ])
 def test_parse_verdict(text, expected):
     assert parse_verdict(text) == expected
@@ -80,7 +92,7 @@ class ScriptedBackend:
         if self.fail:
             raise ConnectionError("judge server down")
         self.prompts = list(prompts)
-        return self.first + self.second
+        return [JudgeReply(text) for text in self.first + self.second]
 
 
 def test_swap_agreement_flip_invalid_and_failure(tokenizer):
@@ -104,6 +116,36 @@ def test_swap_agreement_flip_invalid_and_failure(tokenizer):
     assert not any(v.valid for v in verdicts)
     assert "ConnectionError: judge server down" in verdicts[0].detail and failing.stats.failed == 3
     assert failing.stats.as_metrics()["judge/failed_rate"] == 1.0
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (JudgeReply("Answer B is clearer. [[B]]", truncated=True), "B"),      # cut after its verdict: counts
+    (JudgeReply("Verdict: A. Let me explain why in", truncated=True), None),  # cut, no bracketed verdict
+    (JudgeReply("Verdict: A", truncated=False), "A"),
+    (JudgeReply("<think>A looks right... no, B</think>\n[[B]]"), "B"),     # the think block is skipped
+    (JudgeReply("<think>The better answer is A because"), None),          # it never closed
+    (JudgeReply("<think>[[A]]</think> then <think>hmm [[B]]"), None),
+])
+def test_cut_replies_and_think_blocks(reply, expected):
+    assert read_reply(reply)[0] == expected
+
+
+def test_without_the_swap_the_policy_answer_goes_to_a_seeded_side_per_game(tokenizer):
+    """swap_positions=false used to show the policy's answer first in every game (a position bias the
+    judge never saw the other way). Now a coin per game, seeded: both sides occur, the same game gets
+    the same side in any batch and another seed moves some games, and the verdict maps through it."""
+    games = _games(40)
+    backend = ScriptedBackend(["[[A]]"] * 40, [])
+    judge = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=False, seed=3)
+    verdicts = judge.judge_pairs(games)
+    sides = [judge.policy_shown_first(g) for g in games]
+    assert 10 < sum(sides) < 30
+    for game, first, prompt, verdict in zip(games, sides, backend.prompts, verdicts, strict=True):
+        assert (prompt.index(game.policy.text) < prompt.index(game.opponent.text)) == first
+        assert verdict.winner == ("policy" if first else "opponent")
+    assert [judge.policy_shown_first(g) for g in games[::-1]] == sides[::-1]
+    other = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=False, seed=4)
+    assert [other.policy_shown_first(g) for g in games] != sides
 
 
 def test_point_wise_games_are_not_judged_pairwise(tokenizer):
@@ -142,15 +184,21 @@ def test_logprob_verdicts_on_a_vllm_engine_equal_the_models_own_probabilities(tm
     verdicts = judge.judge_pairs(games)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
     for game, verdict in zip(games, verdicts, strict=True):
-        ids = tokenizer.encode(judge.render(game.prompt.text, game.policy.text, game.opponent.text), add_special_tokens=False)
+        ids = tokenizer.encode(judge._prompt(game, policy_first=judge.policy_shown_first(game)), add_special_tokens=False)
         with torch.no_grad():
             next_logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
         letters = list(LOGPROB_CHOICES)
         best = letters[int(torch.stack([next_logp[tokenizer.encode(c)[0]] for c in letters]).argmax())]
-        assert verdict.valid and verdict.winner == {"A": "policy", "B": "opponent", "C": "tie"}[best]
+        as_seen = {"A": "policy", "B": "opponent", "C": "tie"} if judge.policy_shown_first(game) else \
+            {"A": "opponent", "B": "policy", "C": "tie"}
+        assert verdict.valid and verdict.winner == as_seen[best]
         engine_logp = [float(x.split("=")[1]) for x in verdict.detail.removeprefix("logp ").split()]
         expected = [next_logp[tokenizer.encode(c)[0]].item() for c in letters]
         np.testing.assert_allclose(engine_logp, expected, atol=1e-3)
+
+    # a prompt over the in-process engine's max_model_len fails alone (it used to fail the whole call)
+    tried = engine.try_generate([[5] * 2100, [5, 6, 7]], SamplingSettings(n=1, max_tokens=2, temperature=0.0))
+    assert "over the engine's max_model_len=2048" in tried[0] and len(tried[1][0].token_ids) == 2
 
     text_judge = LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(None),
                           swap_positions=True, max_new_tokens=8)
@@ -202,7 +250,8 @@ def test_llm_judge_through_a_served_engine(fake_server, tokenizer):
              for g in _games(2)]
     # this server's judge answers [[A]] whenever it sees the policy's answer anywhere: a position bias
     one_order = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=False)
-    assert [v.winner for v in one_order.judge_pairs(games)] == ["policy", "policy"]
+    sides = [one_order.policy_shown_first(g) for g in games]  # A when shown first, else B: its verdict is always A
+    assert [v.winner for v in one_order.judge_pairs(games)] == ["policy" if first else "opponent" for first in sides]
     swapped = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), swap_positions=True)
     assert [v.winner for v in swapped.judge_pairs(games)] == ["tie", "tie"] and swapped.stats.order_flips == 2
     logprob_judge = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), logprob_verdicts=True)
@@ -211,6 +260,47 @@ def test_llm_judge_through_a_served_engine(fake_server, tokenizer):
     assert [v.winner for v in verdicts] == ["tie", "tie"]
     one_order_detail = "logp " + " ".join(f"{c}={v:.3f}" for c, v in letters.items())
     assert verdicts[0].detail == f"{one_order_detail} | {one_order_detail}"  # both orders
+
+
+def test_a_refused_judge_request_drops_its_game_alone(fake_server, tokenizer):
+    """One game's prompt is over the served judge's max_model_len (HTTP 400): that game is dropped and
+    counted as failed; the batch's other games are judged (they used to be dropped with it)."""
+    server = fake_server(tokenizer=tokenizer, max_prompt_len=600)
+    engine = ServedRolloutEngine(CompletionsClient(server.url, model="judge", retries=0, backoff_s=0.01))
+    judge = LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(None))
+    games = _games(3)
+    games[1] = Game(game_id=1, prompt=games[1].prompt, opponent=games[1].opponent,
+                    policy=Response(player="policy", prompt_id="p1", sample_index=0, text="policy-answer-1 " + "x" * 800))
+    verdicts = judge.judge_pairs(games)
+    assert [v.valid for v in verdicts] == [True, False, True]
+    assert "judge request failed" in verdicts[1].detail and "HTTP 400" in verdicts[1].detail
+    assert judge.stats.failed == 1 and judge.stats.invalid == 0 and judge.stats.games == 3
+
+
+@pytest.mark.parametrize("overlong", ["truncate", "drop"])
+def test_judge_prompts_that_would_not_fit_are_cut_or_dropped_and_counted(tokenizer, overlong):
+    """judge.overlong: a prompt over max_prompt_tokens gets both answers cut to max_answer_tokens, marked
+    (truncate), or its game dropped (drop); the other games are judged as they are; counted either way."""
+    from megatron_elo.judges.llm import TRUNCATION_MARK
+
+    games = _games(3)
+    games[2] = Game(game_id=2, prompt=games[2].prompt, opponent=games[2].opponent,
+                    policy=Response(player="policy", prompt_id="p2", sample_index=0, text="policy-answer-2 " + "y" * 2000))
+    backend = ContentBackend()
+    seen = []
+    backend.complete = lambda prompts, max_new_tokens, inner=backend.complete: seen.extend(prompts) or inner(
+        prompts, max_new_tokens=max_new_tokens)
+    judge = LLMJudge(backend=backend, tokenizer=tokenizer, template=load_template(None), max_prompt_tokens=1200,
+                     overlong=overlong, max_answer_tokens=64)
+    verdicts = judge.judge_pairs(games)
+    assert judge.stats.overlong == 1 and judge.metrics()["judge/overlong_rate"] == pytest.approx(1 / 3)
+    assert all(len(tokenizer.encode(p, add_special_tokens=False)) <= 1200 for p in seen)
+    if overlong == "truncate":
+        assert verdicts[2].valid and verdicts[2].winner == "tie" and len(seen) == 6  # game 2: kind 2, flips: a tie
+        assert sum(TRUNCATION_MARK in p for p in seen) == 2 and "y" * 100 not in " ".join(seen)
+    else:
+        assert not verdicts[2].valid and "judge.overlong=drop" in verdicts[2].detail and len(seen) == 4
+    assert [v.winner for v in verdicts[:2]] == ["policy", "opponent"]
 
 
 def test_client_gives_up_after_retries_and_on_bad_requests(fake_server):
@@ -259,7 +349,7 @@ class ContentBackend:
             policy_first = prompt.index("policy-answer") < prompt.index("opp-answer")
             kind = int(prompt.split("question ")[1].split()[0]) % 4  # policy wins, opponent wins, flips, invalid
             first_wins = {0: policy_first, 1: not policy_first, 2: True}.get(kind)
-            replies.append("no idea" if first_wins is None else "[[A]]" if first_wins else "[[B]]")
+            replies.append(JudgeReply("no idea" if first_wins is None else "[[A]]" if first_wins else "[[B]]"))
         return replies
 
 
@@ -277,3 +367,47 @@ def test_streamed_batches_are_judged_at_once_and_match_one_batch(tokenizer):
     restored = LLMJudge(backend=ContentBackend(), tokenizer=tokenizer, template=load_template(None))
     restored.load_state_dict(streamed.state_dict())
     assert restored.stats == streamed.stats and restored.metrics() == streamed.metrics()
+
+
+def make_tiny_reward_model(directory: Path) -> Path:
+    """A random 1-layer Qwen2 sequence classifier (one output) with the byte tokenizer, saved locally."""
+    import torch
+    import transformers
+
+    from megatron_elo.models.tiny import make_tiny_tokenizer
+
+    make_tiny_tokenizer(directory)
+    tok = transformers.AutoTokenizer.from_pretrained(str(directory))
+    config = transformers.Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                                      pad_token_id=tok.pad_token_id, max_position_embeddings=512)
+    torch.manual_seed(0)
+    transformers.Qwen2ForSequenceClassification(config).save_pretrained(str(directory))
+    return directory
+
+
+def test_a_reward_model_scores_single_answers_as_transformers_does_one_by_one(tmp_path):
+    """RewardModelJudge's batched, right-padded scores equal the model's output on each conversation
+    alone (no padding), rendered with the RM's chat template; a pairwise game is invalid."""
+    import torch
+    import transformers
+
+    from megatron_elo.judges.reward_model import RewardModelJudge
+
+    model_dir = make_tiny_reward_model(tmp_path / "rm")
+    judge = RewardModelJudge(str(model_dir), batch_size=3, system_prompt="Add.")
+    games = [Game(game_id=g.game_id, prompt=g.prompt, policy=Response(player="policy", prompt_id=g.prompt.prompt_id,
+                                                                          sample_index=0, text="answer " * (g.game_id + 1)),
+                  opponent=None) for g in _games(5)]
+    pair = _games(6)[5]
+    verdicts = judge.judge([*games, pair])
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    for game, verdict in zip(games, verdicts, strict=False):
+        text = tok.apply_chat_template([{"role": "system", "content": "Add."}, {"role": "user", "content": game.prompt.text},
+                                        {"role": "assistant", "content": game.policy.text}], tokenize=False)
+        with torch.no_grad():
+            alone = model(torch.tensor([tok.encode(text, add_special_tokens=False)])).logits[0, 0].item()
+        assert verdict.valid and verdict.score == pytest.approx(alone, abs=1e-5)
+    assert len({v.score for v in verdicts[:5]}) == 5  # answers of different lengths: the padding is not read
+    assert not verdicts[5].valid and "single answers" in verdicts[5].detail

@@ -261,3 +261,39 @@ def test_bench_kernels_prints_and_writes_every_row(tmp_path):
                    "PG loss + KL + entropy fwd+bwd", "advantage + token broadcast"):
         assert table.count(f"| {kernel} |") == 2, kernel  # ours and torch eager (the CPU peers)
     assert "failed" not in table
+
+
+@pytest.mark.parametrize("estimator", ["k3", "k1"])
+def test_extreme_logprobs_at_masked_positions_never_make_nan(estimator):
+    """Prompt and padding positions carry reference log-prob 0 and whatever the model gives them: a
+    log-prob of -1000 there made exp(ref - logp) = inf, and inf * mask 0 = NaN in the loss and the
+    gradient (torch reference and fused kernel alike); likewise an old log-prob of -1000 there in the PPO
+    ratio. Both must give what they give with benign values there."""
+    gen = torch.Generator().manual_seed(3)
+    logp, old = -torch.rand(3, 9, generator=gen) * 2, -torch.rand(3, 9, generator=gen) * 2
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[:, 4:] = True
+    ref = torch.where(mask, -torch.rand(3, 9, generator=gen), torch.zeros(3, 9))  # 0 off the responses, as the loop gives
+    advantages = torch.tensor([1.0, -0.5, 0.25])
+    config = PolicyLossConfig(kl_coef=0.1, kl_estimator=estimator)
+    extreme = torch.where(mask, logp, torch.full_like(logp, -1000.0))
+    results = {}
+    for name, values, olds in (("benign", logp, old), ("extreme", extreme, old),
+                               ("extreme_old", logp, torch.where(mask, old, torch.full_like(old, -1000.0)))):
+        for impl in ("torch", "fused"):
+            leaf = values.clone().to(DEVICE).requires_grad_(True)
+            if impl == "torch":
+                loss, _ = policy_loss(leaf, olds.to(DEVICE), broadcast_to_tokens(advantages, mask).to(DEVICE), mask.to(DEVICE),
+                                      config=config, ref_logprobs=ref.to(DEVICE))
+            else:
+                loss, _ = fused_policy_loss(leaf, olds.to(DEVICE), advantages.to(DEVICE), mask.to(DEVICE), config=config,
+                                            ref_logprobs=ref.to(DEVICE))
+            loss.backward()
+            results[name, impl] = (loss.detach().cpu(), leaf.grad.cpu())
+    for (name, impl), (loss, grad) in results.items():
+        if name == "benign":
+            continue
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), impl
+        assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask]))
+        torch.testing.assert_close(loss, results["benign", impl][0], rtol=0, atol=0)
+        torch.testing.assert_close(grad, results["benign", impl][1], rtol=0, atol=0)

@@ -107,6 +107,13 @@ def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
 
 
+def copy_answer_store(straight_and_resumed, root: Path) -> None:
+    """The one-process run's opponent answers into ``root`` (a run there starts fewer opponent engines)."""
+    import shutil
+
+    shutil.copytree(Path(straight_and_resumed[0][0]["run_dir"]).parent / "opponent_cache", root / "opponent_cache")
+
+
 def two_rank_config(straight_and_resumed, root: Path, parallel: dict, engine: dict, **eval_overrides):
     """The one-process run's config on 2 ranks in ``root``, with that run's opponent-answer cache."""
     import shutil
@@ -164,6 +171,30 @@ def test_overlapped_judging_trains_every_batch_one_step_off_policy_and_resumes_e
     assert resumed[3] == straight[3] and resumed[0]["evals"] == straight[0]["evals"]
     assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
     assert any(not torch.equal(on_policy[1][k], straight[1][k]) for k in straight[1])
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_as_an_uninterrupted_one(players, tmp_path,
+                                                                                         straight_and_resumed):
+    """Checkpoints every step, killed after step 3, step 3's shard truncated: the restart skips it (warning
+    naming the file), resumes from step 2 and ends with the uninterrupted run's weights, Elo history and
+    evaluations; naming the corrupt checkpoint explicitly (checkpoint.resume=<dir>) stops with the problem."""
+    import dataclasses
+    import shutil
+
+    straight = straight_and_resumed[0]
+    cfg = small_config(tmp_path, players)
+    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=1))
+    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", tmp_path / "opponent_cache")
+    assert run_distributed(run_loop, 1, cfg, 3, timeout=900)[0][0] == {"finished": False, "step": 3}
+    newest = tmp_path / cfg.run_name / "checkpoints" / "step_00000003"
+    shard = newest / "shard_tp0_pp0.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    explicit = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, resume=str(newest)))
+    with pytest.raises(RuntimeError, match=r"checkpoint.resume=.*step_00000003: .*shard_tp0_pp0.pt: its SHA-256 is not"):
+        run_distributed(run_loop, 1, explicit, timeout=900)
+    resumed = run_distributed(run_loop, 1, cfg, timeout=900)[0]
+    assert resumed[3] == straight[3] and resumed[0]["evals"] == straight[0]["evals"]
+    assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
 
 
 def test_an_engine_replica_without_prompts_does_not_hang(straight_and_resumed, tmp_path):
@@ -262,6 +293,9 @@ def test_mlflow_run_holds_everything_once(straight_and_resumed):
     # step 3 ran twice (before the kill and after the resume from step 2): its points are there once
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/win_rate")] == [0, 2, 4]
+    # the engine samples with the trainer's weights after every sync: fp32 numerics only, far below the threshold
+    gaps = [m.value for m in client.get_metric_history(run.info.run_id, "sync/logprob_diff_max")]
+    assert len(gaps) == 4 and max(gaps) < 1e-4 < cfg.rollout.stale_weights_threshold
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"elo_history.csv", "elo_ratings.png", "sample_games.csv", "resolved_config.yaml", "export_hf"} <= artifacts
     export = Path(resumed[0]["export"])
@@ -455,3 +489,58 @@ def test_the_loop_trains_on_prompt_files_with_chat_templates_through_dali(tmp_pa
     assert asked == expected  # the DALI loader's batches are the default loader's, epoch crossing included
     assert policy_ids == templated  # the pre-tokenized ids are the chat-templated ones
     assert (tmp_path / "runs" / "prompt_tokens" / "offsets.npy").is_file()
+
+
+def test_the_point_recipe_trains_on_a_reward_models_scores(players, tmp_path, straight_and_resumed):
+    """algorithm.reward_model: the point baseline's rewards are a local sequence classifier's scores of
+    each answer (the games' recorded scores equal the model's own output on them, through transformers),
+    while evaluation still plays pairs with the exact checker."""
+    import csv
+
+    import transformers
+
+    from tests.test_judge import make_tiny_reward_model
+
+    rm_dir = make_tiny_reward_model(tmp_path / "rm")
+    copy_answer_store(straight_and_resumed, tmp_path)  # the held-out games' opponent answers
+    raw = config_to_dict(small_config(tmp_path, players))
+    raw["algorithm"].update(name="point", reward_model={"path": str(rm_dir), "dtype": "fp32"})
+    raw["trainer"]["steps"], raw["eval"]["every_steps"] = 2, 0
+    summary = run_distributed(run_loop, 1, validate(config_from_dict(raw)), timeout=900)[0][0]
+    assert summary["finished"] and len(summary["evals"]) == 2
+    rows = list(csv.DictReader(open(Path(summary["run_dir"]) / "artifacts" / "sample_games.csv")))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(rm_dir)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(rm_dir))
+    for row in rows[:6]:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                              {"role": "assistant", "content": row["policy_answer"]}], tokenize=False)
+        with torch.no_grad():
+            expected = model(torch.tensor([tokenizer.encode(text, add_special_tokens=False)])).logits[0, 0].item()
+        assert float(row["verdict"]) == pytest.approx(expected, abs=1e-5) and row["opponent"] == ""
+
+
+def run_without_weight_sync(rank, world_size, cfg):
+    """The loop with every weight sync after the first step skipped on purpose."""
+    from megatron_elo.players.trained import TrainedPlayer
+
+    TrainedPlayer.sync_weights = lambda self: None
+    try:
+        run_loop(rank, world_size, cfg)
+    except RuntimeError as err:
+        return f"{type(err).__name__}: {err}"
+    return "finished"
+
+
+def test_a_skipped_weight_sync_is_caught_at_run_time(players, tmp_path, straight_and_resumed):
+    """rollout.stale_weights_action=stop: with the weight sync skipped, step 2's samples come from step 1's
+    weights and the engine-vs-trainer log-prob gap stops the run, naming the setting (a normal run stays
+    some orders of magnitude under it: test_mlflow_run_holds_everything_once)."""
+    import dataclasses
+
+    cfg = small_config(tmp_path, players)
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, stale_weights_action="stop",
+                                                               stale_weights_threshold=1e-4))
+    copy_answer_store(straight_and_resumed, tmp_path)
+    outcome = run_distributed(run_without_weight_sync, 1, cfg, timeout=900)[0]
+    assert outcome.startswith("StaleEngineWeights: step 1: the engine's log-probs of its own samples differ")
+    assert "over rollout.stale_weights_threshold=0.0001" in outcome

@@ -229,3 +229,93 @@ def test_a_rank_waiting_longer_than_the_timeout_for_the_drivers_evaluation_fails
     assert driver.startswith("RuntimeError")  # it did not hang either
     driver, other = run_distributed(evaluate_with_a_slow_driver, 2, 1.0, 0.5, timeout=120)
     assert driver == other and driver.step == 7 and driver.per_opponent.keys() == {"rival"}
+
+
+def test_checkpoint_checksums_find_a_damaged_file_and_the_newest_sound_checkpoint(tmp_path):
+    """meta.json records every file's SHA-256; a truncated shard, a missing file or an unreadable
+    meta.json makes a checkpoint corrupt, and the newest sound one is chosen, with a line per skip."""
+    import json
+
+    from megatron_elo.trainer.checkpoint import checkpoint_problems, file_sha256, latest_valid_checkpoint
+
+    for step in (2, 4):
+        folder = tmp_path / f"step_{step:08d}"
+        folder.mkdir()
+        (folder / "shard_tp0_pp0.pt").write_bytes(bytes(range(256)) * 64)
+        (folder / "rng_rank0.pt").write_bytes(b"rng")
+        files = {name: file_sha256(folder / name) for name in ("shard_tp0_pp0.pt", "rng_rank0.pt")}
+        (folder / "meta.json").write_text(json.dumps({"step": step, "files": files}))
+    newest = tmp_path / "step_00000004"
+    assert checkpoint_problems(newest) == [] and latest_valid_checkpoint(tmp_path) == (newest, [])
+    shard = newest / "shard_tp0_pp0.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated, as a full disk or a killed copy leaves it
+    chosen, skipped = latest_valid_checkpoint(tmp_path)
+    assert chosen == tmp_path / "step_00000002"
+    assert len(skipped) == 1 and "shard_tp0_pp0.pt: its SHA-256 is not the one recorded" in skipped[0]
+    (tmp_path / "step_00000002" / "rng_rank0.pt").unlink()
+    assert latest_valid_checkpoint(tmp_path)[0] is None
+    assert checkpoint_problems(tmp_path / "step_00000002") == [f"{tmp_path / 'step_00000002' / 'rng_rank0.pt'}: missing"]
+    (newest / "meta.json").write_text("{not json")
+    assert "meta.json: unreadable" in checkpoint_problems(newest)[0]
+
+
+def _long_and_short_prompts():
+    from megatron_elo.tasks.arithmetic import make_prompts
+
+    prompts = make_prompts(12, seed=0, max_operand=9)  # "a+b=": 5 tokens with BOS
+    long = Prompt(prompt_id="long", text="1" * 30 + "+1=", reference="x")  # 34 tokens
+    return prompts[:5] + [long] + prompts[5:]
+
+
+def test_overlong_prompts_are_dropped_and_replaced_cut_or_refused():
+    """rollout.overlong_prompt in the prompt source: drop keeps the batch's size with the next prompts
+    (order otherwise the loader's) and counts; truncate keeps the last max tokens; error names the prompt;
+    the position and counts resume exactly."""
+    from megatron_elo.data.loader import PromptLoader
+    from megatron_elo.data.source import OverlongPrompt, PromptSource
+    from megatron_elo.tasks.arithmetic import CharTokenizer
+
+    prompts = _long_and_short_prompts()
+    tokenizer = CharTokenizer()
+
+    def source(overlong):
+        return PromptSource(PromptLoader(prompts, seed=0, shuffle=False), tokenizer, max_tokens=8, overlong=overlong)
+
+    dropping = source("drop")
+    first = dropping.next_batch(8)
+    assert [p.prompt_id for p in first.prompts] == [p.prompt_id for p in prompts[:5] + prompts[6:9]]
+    assert dropping.metrics() == {"prompts/overlong_dropped": 1.0, "prompts/overlong_truncated": 0.0}
+    resumed = source("drop")
+    resumed.load_state_dict(dropping.state_dict())
+    assert resumed.next_batch(10) == dropping.next_batch(10) and resumed.dropped == dropping.dropped == 2  # next epoch: again
+    cutting = source("truncate").next_batch(8)
+    assert len(cutting.token_ids[5]) == 8 and cutting.token_ids[5] == tuple(tokenizer.encode_prompt(prompts[5]))[-8:]
+    with pytest.raises(OverlongPrompt, match=r"prompt 'long' has 34 tokens, over rollout.max_prompt_tokens=8; raise it"):
+        source("error").next_batch(8)
+    with pytest.raises(OverlongPrompt, match="every training prompt is over"):
+        PromptSource(PromptLoader(prompts, seed=0, shuffle=False), tokenizer, max_tokens=2).next_batch(4)
+
+
+def draw_on_two_ranks(rank, world_size, overlong):
+    from megatron_elo.data.loader import PromptLoader
+    from megatron_elo.data.source import PromptSource
+    from megatron_elo.parallel.world import World
+    from megatron_elo.tasks.arithmetic import CharTokenizer
+
+    world = World.join(device="cpu", timeout_minutes=1.0)
+    source = PromptSource(PromptLoader(_long_and_short_prompts(), seed=0, shuffle=False), CharTokenizer(), max_tokens=8,
+                          overlong=overlong) if world.is_driver else None
+    try:
+        return [p.prompt_id for p in world.on_driver(lambda: source.next_batch(8), waiting_for="the prompts").prompts]
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def test_an_overlong_prompt_neither_crashes_one_rank_nor_hangs_the_others():
+    """On 2 ranks the driver draws: with drop both ranks get the same full batch; with error both stop
+    at once (the driver with the prompt's error, the other rank naming it) instead of one waiting."""
+    dropped = run_distributed(draw_on_two_ranks, 2, "drop", timeout=120)
+    assert dropped[0] == dropped[1] and len(dropped[0]) == 8 and "long" not in dropped[0]
+    driver, other = run_distributed(draw_on_two_ranks, 2, "error", timeout=120)
+    assert driver.startswith("OverlongPrompt: prompt 'long' has 34 tokens")
+    assert other.startswith("DriverFailed: rank 1: the driver failed during the prompts: OverlongPrompt: prompt 'long'")

@@ -149,6 +149,11 @@ def coerce(hint: Any, value: Any, problems: list[str], where: str) -> Any:
             problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
             return []
         return [coerce(args[0], item, problems, f"{where}.{i}") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+            return {}
+        return {str(k): v for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return build(hint, value, problems, where)
     return _coerce_scalar(hint, value, problems, where)

@@ -54,6 +54,9 @@ class ModelConfig:
     path: str | None = opt(None, "HF checkpoint directory on local disk (config.json + safetensors). None: random init from `arch`.")
     arch: ArchConfig | None = opt(None, "Architecture; filled from <path>/config.json when path is set.")
     tokenizer: str | None = opt(None, "Tokenizer directory; default: the model path.")
+    chat_template_kwargs: dict[str, Any] = opt(factory=dict, help="Extra arguments of this model's chat template "
+                                               "(HF apply_chat_template), e.g. {enable_thinking: false} for Qwen3 models, "
+                                               "which think first unless told not to.")
     dtype: Dtype = opt("bf16", "Parameter / compute dtype.")
     pad_vocab_to_multiple_of: int | None = opt(
         None, "Pad the embedding so vocab is a multiple of this times TP (Megatron's make_vocab_size_divisible_by). "
@@ -166,11 +169,20 @@ class RolloutConfig:
     prompts_per_step: int = opt(32, "Prompts per training step (sharded over DP).")
     n_per_prompt: int = opt(8, "Samples per prompt (the GRPO group).")
     max_new_tokens: int = opt(512, "Response length cap, tokens.")
-    max_prompt_tokens: int = opt(512, "Prompt length cap, tokens.")
+    max_prompt_tokens: int = opt(512, "Prompt length cap in the policy's tokens (chat template included); "
+                                      "max_prompt_tokens + max_new_tokens must fit engine.max_model_len.")
     temperature: float = opt(1.0, "Sampling temperature.")
     top_p: float = opt(1.0, "Nucleus sampling.")
     top_k: int = opt(-1, "Top-k sampling; -1 disables.")
-    overlong_prompt: Literal["error", "drop"] = opt("drop", "A prompt over max_prompt_tokens: stop with an error, or drop it and count it.")
+    overlong_prompt: Literal["drop", "truncate", "error"] = opt(
+        "drop", "A prompt over max_prompt_tokens: drop it and draw another (training; held-out prompts are left out), "
+                "keep its last max_prompt_tokens tokens (truncate: the end holds the question and the generation "
+                "prompt), or stop with an error naming it; counted (prompts/overlong_dropped, _truncated).")
+    stale_weights_threshold: float = opt(
+        0.1, "Mean |trainer - engine| log-prob (nats) of the sampled tokens above which the engine is taken to sample "
+             "with other weights than the trainer's (logged every step: sync/logprob_diff_mean, _max, per replica). "
+             "fp32: ~1e-6 after a good sync; bf16 kernels: ~1e-2.")
+    stale_weights_action: Literal["warn", "stop"] = opt("warn", "Past stale_weights_threshold: log a warning, or stop the run.")
     overlap_judging: bool = opt(False, "Make step t's opponent answers and verdicts (on their own engines, a driver "
                                        "thread) while the trainer runs step t-1's update: the policy trains one step "
                                        "off-policy (old log-probs taken right after sampling; PPO-clipped ratios). "
@@ -180,13 +192,12 @@ class RolloutConfig:
 
 @dataclass(kw_only=True)
 class OpponentConfig:
-    """One frozen (or trained) member of the opponent pool."""
+    """One frozen member of the opponent pool (its answers are stored and reused: players/answer_store.py)."""
 
     name: str = opt(MISSING, "Unique name, used in metrics and the answer cache.")
     model: ModelConfig = opt(factory=ModelConfig, help="The opponent model.")
     engine: EngineConfig = opt(factory=lambda: EngineConfig(placement="dedicated"), help="Its engine layout.")
     initial_rating: float | None = opt(None, "Starting Elo; default algorithm.elo.initial_rating.")
-    frozen: bool = opt(True, "Frozen opponents' answers are cached per (opponent, prompt, seed) and reused.")
     temperature: float = opt(0.7, "Sampling temperature for its answers.")
     max_new_tokens: int = opt(512, "Its response cap, tokens.")
 
@@ -201,9 +212,13 @@ class JudgeConfig:
     template: str | None = opt(None, "Pairwise judge prompt template file (kind=llm); default: built-in.")
     swap_positions: bool = opt(True, "Judge both orders; a verdict that flips with the order is a tie.")
     logprob_verdicts: bool = opt(False, "Decide by P(A) vs P(B) of the verdict token instead of parsing text.")
-    task: Literal["arithmetic", "sorting"] | None = opt(None, "Verifiable task for kind=programmatic.")
+    task: Literal["arithmetic"] | None = opt(None, "Verifiable task for kind=programmatic (the addition checker).")
     noise: float = opt(0.0, "Programmatic judge: probability a verdict is replaced by a coin flip.")
-    max_new_tokens: int = opt(256, "LLM judge: verdict length cap, tokens.")
+    max_new_tokens: int = opt(256, "LLM judge: verdict length cap, tokens (a reply cut there needs a [[verdict]]).")
+    overlong: Literal["truncate", "drop"] = opt(
+        "truncate", "LLM judge: a prompt longer than engine.max_model_len - max_new_tokens: cut both answers to "
+                    "max_answer_tokens (marked in the prompt), or drop the game; either is counted (judge/overlong_rate).")
+    max_answer_tokens: int = opt(1024, "LLM judge, overlong=truncate: tokens kept of each answer of an overlong prompt.")
 
 
 @dataclass(kw_only=True)
@@ -231,7 +246,9 @@ class AlgorithmConfig:
 
     name: Literal["elo_evolve", "static_pairwise", "point"] = opt("elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge score.")
     static_opponent: str | None = opt(None, "static_pairwise: the opponent's name.")
-    reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (sequence classifier); None: the judge scores.")
+    reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (an HF sequence-classification "
+                                                 "checkpoint, run with transformers on the driver) scores each answer; "
+                                                 "None: the judge scores. Only the point recipe reads it.")
     tie_reward: float = opt(0.5, "Reward of a tie.")
     elo: EloConfig = opt(factory=EloConfig, help="Elo ratings and opponent sampling.")
 
@@ -240,7 +257,7 @@ class AlgorithmConfig:
 class SyntheticDataConfig:
     """A generated, verifiable task (the tiny CPU demo)."""
 
-    task: Literal["arithmetic", "sorting"] = opt("arithmetic", "Which task.")
+    task: Literal["arithmetic"] = opt("arithmetic", "Which task: integer addition (the only one built).")
     num_train: int = opt(2000, "Training prompts.")
     num_eval: int = opt(200, "Held-out prompts.")
     max_operand: int = opt(20, "Largest operand of the problems.")
@@ -300,7 +317,9 @@ class CheckpointConfig:
 
     every_steps: int = opt(100, "Save every N steps; 0: only at the end.")
     keep_last: int = opt(2, "Checkpoints kept on disk.")
-    resume: Literal["auto", "never"] = opt("auto", "auto: resume from the newest checkpoint in output_dir if any.")
+    resume: str = opt("auto", "auto: resume from the newest sound checkpoint in output_dir/run_name, if any (a corrupt "
+                              "newer one is skipped with a warning naming the file); never; or a checkpoint directory "
+                              "(step_*) to resume from, checked first.")
     export_hf: bool = opt(True, "Export the final policy as an HF checkpoint.")
 
 

@@ -62,7 +62,7 @@ def validate(cfg: RunConfig, *, world_size: int | None = None, check_paths: bool
     _check_trainer_layout(cfg, check, world_size or trainer_world_size(cfg))
     _check_engines(cfg, check)
     _check_batches(cfg, check)
-    _check_algorithm(cfg, check)
+    _check_algorithm(cfg, check, check_paths)
     _check_data(cfg, check, check_paths)
     if check.problems:
         raise ConfigError(check.problems)
@@ -100,6 +100,17 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
             1 <= cfg.cluster.trainer_nodes <= cfg.cluster.nodes,
             f"cluster.trainer_nodes: must be between 1 and cluster.nodes={cfg.cluster.nodes}, got {cfg.cluster.trainer_nodes}",
         )
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "never"):
+        check.need(Path(resume, "meta.json").is_file(),
+                   f"checkpoint.resume: {resume!r} is neither auto, never nor a checkpoint directory (a step_* folder "
+                   f"with meta.json)")
+    rollout = cfg.rollout
+    check.need(rollout.max_prompt_tokens + rollout.max_new_tokens <= rollout.engine.max_model_len,
+               f"rollout.max_prompt_tokens + rollout.max_new_tokens = {rollout.max_prompt_tokens} + {rollout.max_new_tokens}: "
+               f"must fit rollout.engine.max_model_len={rollout.engine.max_model_len}; lower them or raise max_model_len")
+    check.need(rollout.stale_weights_threshold > 0,
+               f"rollout.stale_weights_threshold: must be > 0 nats, got {rollout.stale_weights_threshold}")
     check.need(cfg.cluster.timeout_minutes > 0, f"cluster.timeout_minutes: must be > 0, got {cfg.cluster.timeout_minutes}")
     t = cfg.trainer
     check.need(t.lr > 0, f"trainer.lr: must be > 0, got {t.lr}")
@@ -364,7 +375,7 @@ def _check_batches(cfg: RunConfig, check: _Check) -> None:
     )
 
 
-def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
+def _check_algorithm(cfg: RunConfig, check: _Check, check_paths: bool = True) -> None:
     names = [o.name for o in cfg.opponents]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     check.need(not duplicates, f"opponents: names must be unique; repeated: {duplicates}")
@@ -376,6 +387,13 @@ def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
             algorithm.static_opponent in names,
             f"algorithm.static_opponent: {algorithm.static_opponent!r} is not an opponent name; choose one of {names}",
         )
+    reward_model = algorithm.reward_model
+    if reward_model is not None:
+        check.need(algorithm.name == "point", f"algorithm.reward_model: only algorithm.name=point scores answers with a "
+                                              f"reward model (got {algorithm.name}); remove it or use point")
+        check.need(not check_paths or (reward_model.path is not None and Path(reward_model.path, "config.json").is_file()),
+                   f"algorithm.reward_model.path: {reward_model.path!r} has no config.json; point it at a local HF "
+                   f"sequence-classification checkpoint")
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
     check.need(cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
@@ -383,8 +401,12 @@ def _check_algorithm(cfg: RunConfig, check: _Check) -> None:
                f"or set eval.temperature > 0, got {cfg.eval.samples_per_prompt}")
     if cfg.judge.kind == "llm":
         check.need(cfg.judge.model is not None, "judge.model: an LLM judge (judge.kind=llm) needs a model")
+        check.need(0 < cfg.judge.max_new_tokens < cfg.judge.engine.max_model_len,
+                   f"judge.max_new_tokens: must be in [1, judge.engine.max_model_len={cfg.judge.engine.max_model_len}), "
+                   f"got {cfg.judge.max_new_tokens}; the prompt needs room too")
+        check.need(cfg.judge.max_answer_tokens >= 1, f"judge.max_answer_tokens: must be >= 1, got {cfg.judge.max_answer_tokens}")
     else:
-        check.need(cfg.judge.task is not None, "judge.task: a programmatic judge needs a task (arithmetic or sorting)")
+        check.need(cfg.judge.task is not None, "judge.task: a programmatic judge needs a task (arithmetic)")
 
 
 def _check_judge_template(cfg: RunConfig, check: _Check, check_paths: bool) -> None:

@@ -30,7 +30,8 @@ class PromptTokenizer(Protocol):
 class ChatTokenizer:
     """A Hugging Face tokenizer (directory on disk), with or without its chat template."""
 
-    def __init__(self, path: str, *, apply_chat_template: bool = True, system_prompt: str | None = None):
+    def __init__(self, path: str, *, apply_chat_template: bool = True, system_prompt: str | None = None,
+                 template_kwargs: dict | None = None):
         import transformers
 
         self.hf = transformers.AutoTokenizer.from_pretrained(path)
@@ -40,6 +41,7 @@ class ChatTokenizer:
         if self.hf.eos_token_id is None:
             raise ValueError(f"{path}: the tokenizer has no eos token; generation could not stop")
         self.apply_chat_template, self.system_prompt = apply_chat_template, system_prompt
+        self.template_kwargs = dict(template_kwargs or {})  # model.chat_template_kwargs, e.g. enable_thinking
         self.eos_id = self.hf.eos_token_id
         self.pad_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else self.eos_id
 
@@ -48,7 +50,7 @@ class ChatTokenizer:
         if not self.apply_chat_template:
             return self.hf.encode(prompt.text, add_special_tokens=True)
         rendered = self.hf.apply_chat_template(prompt_messages(prompt, system_prompt=self.system_prompt), tokenize=False,
-                                               add_generation_prompt=True)
+                                               add_generation_prompt=True, **self.template_kwargs)
         return self.hf.encode(rendered, add_special_tokens=False)  # the template already holds the special tokens
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -67,4 +69,4 @@ def player_tokenizer(data, model) -> PromptTokenizer:
 
         return CharTokenizer()
     return ChatTokenizer(model.tokenizer or model.path, apply_chat_template=data.apply_chat_template,
-                         system_prompt=data.system_prompt)
+                         system_prompt=data.system_prompt, template_kwargs=model.chat_template_kwargs)

@@ -28,7 +28,6 @@ class PoolMember:
     rating: float
     model_path: str | None = None
     engine: str = ""  # the name of the engine serving it (its own name for dedicated engines)
-    frozen: bool = True
     games: int = 0
     wins: int = 0
     ties: int = 0
@@ -60,7 +59,7 @@ class EloPool:
         """The pool at the start of a run: each opponent at its own or the default initial rating."""
         members = [
             PoolMember(name=o.name, rating=o.initial_rating if o.initial_rating is not None else elo.initial_rating,
-                       model_path=o.model.path, engine=o.name, frozen=o.frozen)
+                       model_path=o.model.path, engine=o.name)
             for o in opponents
         ]
         return cls(members, policy_rating=elo.initial_rating, k_factor=elo.k_factor, batch_reduction=elo.batch_reduction,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from megatron_elo.config.schema import EvalConfig
+from megatron_elo.data.source import fit_prompt
 from megatron_elo.flow import POLICY, SCORE_OF_WINNER, Game, Prompt, Response
 from megatron_elo.judges.base import Judge
 from megatron_elo.parallel.world import World
@@ -56,10 +57,23 @@ class Evaluator:
     """Plays the held-out games of one trained player (see the module docstring)."""
 
     def __init__(self, *, config: EvalConfig, prompts: Sequence[Prompt], sampler: PolicySampler, world: World,
-                 opponents: FrozenPlayers | None, judge: Judge | None, opponent_names: Sequence[str], max_new_tokens: int):
-        self.config, self.prompts, self.sampler, self.world = config, list(prompts), sampler, world
+                 opponents: FrozenPlayers | None, judge: Judge | None, opponent_names: Sequence[str], max_new_tokens: int,
+                 max_prompt_tokens: int | None = None, overlong: str = "drop"):
+        """max_prompt_tokens / overlong: held-out prompts over the limit are left out, cut or refused, as
+        training prompts are (``data.source.fit_prompt``); decided once, so every evaluation plays the same games."""
+        self.config, self.sampler, self.world = config, sampler, world
         self.opponents, self.judge = opponents, judge  # the driver's; None on the other ranks
         self.opponent_names, self.max_new_tokens = list(opponent_names), max_new_tokens
+        self.prompts, self.token_ids = [], []
+        for prompt in prompts:
+            ids = tuple(sampler.tokenizer.encode_prompt(prompt))
+            fitted = ids if max_prompt_tokens is None else fit_prompt(prompt, ids, max_tokens=max_prompt_tokens,
+                                                                        overlong=overlong)
+            if fitted is not None:
+                self.prompts.append(prompt)
+                self.token_ids.append(fitted)
+        if not self.prompts:
+            raise ValueError(f"every held-out prompt is over rollout.max_prompt_tokens={max_prompt_tokens}; raise it")
 
     def evaluate(self, step: int) -> EvalResult:
         """The player's answers on every rank, the driver's games, the result on every rank."""
@@ -67,8 +81,7 @@ class Evaluator:
         settings = SamplingSettings(n=self.config.samples_per_prompt, max_tokens=self.max_new_tokens,
                                     temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
                                     stop_token_ids=(tokenizer.eos_id,))
-        token_ids = [tokenizer.encode_prompt(p) for p in self.prompts]
-        answers = self.sampler.respond(self.prompts, token_ids, settings, player=POLICY)
+        answers = self.sampler.respond(self.prompts, self.token_ids, settings, player=POLICY)
         result = self._judge(step, answers) if self.world.is_driver else None
         return self.world.from_driver(result, waiting_for=f"the driver's evaluation games at step {step}")
 
@@ -100,4 +113,5 @@ def build_evaluator(ctx: RunContext, sampler: PolicySampler) -> Evaluator:
     return Evaluator(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
                      opponents=ctx.opponents(), judge=ctx.eval_judge(),
                      opponent_names=cfg.eval.opponents or [o.name for o in cfg.opponents],
-                     max_new_tokens=cfg.rollout.max_new_tokens)
+                     max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
+                     overlong=cfg.rollout.overlong_prompt)

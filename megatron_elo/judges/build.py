@@ -13,8 +13,16 @@ from megatron_elo.config.schema import RunConfig
 from megatron_elo.judges.base import Judge
 
 
-def build_judge(cfg: RunConfig, *, world_size: int) -> Judge:
-    """``judge.kind``: the task's checker with ``judge.noise``, or the LLM judge on its own engine."""
+def build_judge(cfg: RunConfig, *, world_size: int, training: bool = True) -> Judge:
+    """The training judge: ``algorithm.reward_model`` when set (scores single answers), else by
+    ``judge.kind`` the task's checker with ``judge.noise`` or the LLM judge on its own engine
+    (``training=False``: the ``judge`` section whatever the reward model, for evaluation's pairs)."""
+    reward_model = cfg.algorithm.reward_model
+    if training and reward_model is not None:
+        from megatron_elo.judges.reward_model import RewardModelJudge
+
+        return RewardModelJudge(reward_model.path, device=cfg.cluster.device, dtype=reward_model.dtype,
+                                system_prompt=cfg.data.system_prompt, template_kwargs=reward_model.chat_template_kwargs)
     if cfg.judge.kind == "programmatic":
         from megatron_elo.judges.programmatic import ArithmeticJudge
 
@@ -31,10 +39,13 @@ def answers_are_checkable(cfg: RunConfig) -> bool:
 
 
 def build_eval_judge(cfg: RunConfig, training_judge: Callable[[], Judge]) -> Judge:
-    """Evaluation's judge: the exact checker without noise or swaps when answers are checkable, else
-    the training judge (``training_judge()``, built on first need)."""
+    """Evaluation's judge of pairs: the exact checker without noise or swaps when answers are checkable,
+    else the training judge (``training_judge()``, built on first need; the ``judge`` section's when the
+    run trains on a reward model, which cannot compare two answers)."""
     if answers_are_checkable(cfg):
         from megatron_elo.judges.programmatic import ArithmeticJudge
 
         return ArithmeticJudge(noise=0.0, swap_positions=False)
+    if cfg.algorithm.reward_model is not None:
+        return build_judge(cfg, world_size=1, training=False)
     return training_judge()

@@ -4,84 +4,47 @@
                      template=load_template(None), swap_positions=True, logprob_verdicts=False)
     verdicts = judge.judge_pairs(games, rng)          # one Verdict per Game; judge.stats counts the rest
 
-Text verdicts: the judge writes reasoning and then [[A]], [[B]] or [[C]] (tie). ``parse_verdict``
-also accepts "Verdict: A", "Winner: Answer B", "tie", a bare letter; anything else, or two
-different verdicts in one reply, is invalid: the game is dropped and counted, never silently a win.
-Log-prob verdicts: the assistant turn is prefilled with "[[" and the verdict is the most likely of
-the letters A / B / C (no parsing, no invalid verdicts). Position swap: each game is judged with the
-policy's answer first and again second; a verdict that changes with the order becomes a tie; an
-invalid verdict in either order drops the game. A backend failure (engine error, server timeout)
-drops the whole batch's games with the reason in ``Verdict.detail``; the run goes on.
+Text verdicts (``verdicts.py``): the judge writes reasoning and then [[A]], [[B]] or [[C]] (tie);
+"Verdict: A", "Winner: Answer B", a bare letter are accepted too; anything else, two different
+verdicts, a reply cut at ``max_new_tokens`` without a bracketed verdict or a think block that never
+closes is invalid: the game is dropped and counted, never silently a win. Log-prob verdicts: the
+assistant turn is prefilled with "[[" and the verdict is the most likely of the letters A / B / C.
+Position swap: each game is judged with the policy's answer first and again second; a verdict that
+changes with the order becomes a tie; an invalid verdict in either order drops the game. Without the
+swap, the policy's answer goes to side A or B by a seeded coin per game (a function of the game, not
+of the batch it is judged in).
+
+Failures drop only what failed: a request the engine refuses (a prompt over its max_model_len, a
+4xx) drops that game; a prompt that would not fit ``max_prompt_tokens`` is, by ``overlong``, shortened
+by cutting both answers to ``max_answer_tokens`` (marked in the prompt) or dropped; either is counted
+(``judge/failed_rate``, ``judge/overlong_rate``). Anything else the backend raises drops the batch.
 On a served engine ``judge_stream`` judges each batch (one opponent's games) as soon as it arrives,
 several at once; the verdicts are those of one big batch (greedy decoding, no randomness).
 """
 
 from __future__ import annotations
 
-import re
-import string
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from megatron_elo.flow import Game, Verdict
 from megatron_elo.judges.base import judge_in_one_batch
-
-Letter = Literal["A", "B", "tie"]
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "judge_pairwise.txt"
-TEMPLATE_FIELDS = frozenset({"question", "answer_a", "answer_b"})
-LOGPROB_PREFILL = "[["
-LOGPROB_CHOICES = {"A": "A", "B": "B", "C": "tie"}
-
-_BRACKETED = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
-_LABELLED = re.compile(r"\b(?:final\s+)?(?:verdict|winner|answer|choice|decision|better(?:\s+answer)?)\s*(?:is)?\s*[:=\-]?\s*"
-                       r"(?:answer|assistant|response|output)?\s*\(?\b(A|B|C|tie)\b\)?", re.IGNORECASE)
-_TIE_WORDS = re.compile(r"\b(tie|draw|equally good|equally bad)\b", re.IGNORECASE)
-
-
-def parse_verdict(text: str) -> Letter | None:
-    """The verdict in a judge's reply, or None when there is none or it is ambiguous.
-
-    Bracketed [[A]] / [[B]] / [[C]] (C = tie) win over labelled forms ("Verdict: B"), which win over
-    a bare reply ("A", "tie."). Two different verdicts of the same kind: None.
-    """
-    for pattern in (_BRACKETED, _LABELLED):
-        found = {_letter(m) for m in pattern.findall(text)}
-        if len(found) == 1:
-            return found.pop()
-        if len(found) > 1:
-            return None
-    bare = text.strip().strip(string.punctuation + " ").strip()
-    if bare.upper() in ("A", "B"):
-        return bare.upper()
-    if bare.lower() in ("c", "tie", "draw") or (_TIE_WORDS.search(text) and not re.search(r"\b[AB]\b", text)):
-        return "tie"
-    return None
-
-
-def _letter(raw: str) -> Letter:
-    raw = raw.upper()
-    return "tie" if raw in ("C", "TIE") else raw
-
-
-def load_template(path: str | None) -> str:
-    """The pairwise template text (``judge.template``, default configs/judge_pairwise.txt), checked to
-    use exactly the fields {question}, {answer_a} and {answer_b}."""
-    source = Path(path) if path else DEFAULT_TEMPLATE
-    if not source.is_file():
-        raise FileNotFoundError(f"judge.template: no file at {source}; point it at a text file with "
-                                f"{{question}}, {{answer_a}} and {{answer_b}}, or leave it unset for the built-in one")
-    text = source.read_text()
-    used = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
-    if used != TEMPLATE_FIELDS:
-        raise ValueError(f"judge.template {source}: uses fields {sorted(used)}; it must use exactly "
-                         f"{sorted(TEMPLATE_FIELDS)} (write literal braces as {{{{ and }}}})")
-    return text
+from megatron_elo.judges.verdicts import (  # noqa: F401  (re-exported: the judge's reading of replies)
+    LOGPROB_CHOICES,
+    LOGPROB_PREFILL,
+    JudgeReply,
+    Letter,
+    load_template,
+    parse_verdict,
+    read_reply,
+)
+from megatron_elo.utils.seeds import stable_seed
 
 
 class JudgeBackend(Protocol):
@@ -89,8 +52,8 @@ class JudgeBackend(Protocol):
 
     concurrent: bool  # calls may overlap (a served engine)
 
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
-        """Greedy completion of each prompt."""
+    def complete(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[JudgeReply]:
+        """Greedy completion of each prompt (a refused request: a reply with ``error`` set)."""
         ...
 
     def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
@@ -103,8 +66,9 @@ class JudgeStats:
     """Counts over the judge's lifetime (``LLMJudge.stats``), for metrics."""
 
     games: int = 0
-    invalid: int = 0  # unparsable or ambiguous verdict in some order
-    failed: int = 0  # the backend raised: game dropped
+    invalid: int = 0  # unparsable, ambiguous, cut or still-thinking verdict in some order
+    failed: int = 0  # the backend refused or raised: game dropped
+    overlong: int = 0  # the prompt did not fit: answers cut (overlong=truncate) or the game dropped
     order_flips: int = 0  # swap on: the verdict changed with the order (became a tie)
     examples: list[str] = field(default_factory=list)  # a few invalid replies, for the log
 
@@ -112,22 +76,38 @@ class JudgeStats:
         """Rates for MLflow (per game judged)."""
         games = max(self.games, 1)
         return {"judge/invalid_rate": self.invalid / games, "judge/failed_rate": self.failed / games,
-                "judge/order_flip_rate": self.order_flips / games}
+                "judge/overlong_rate": self.overlong / games, "judge/order_flip_rate": self.order_flips / games}
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One judgement of a game: the letter (None: no verdict), the text to record, whether it failed."""
+
+    letter: Letter | None
+    text: str
+    failed: bool = False
+
+
+TRUNCATION_MARK = " [... answer truncated]"
 
 
 class LLMJudge:
-    """Decides pairwise games with an LLM (the ``Judge`` protocol; see the module docstring)."""
+    """Decides pairwise games with an LLM (the ``Judge`` protocol; see the module docstring).
+
+    max_prompt_tokens: the longest prompt (judge tokens) the engine takes with room for the reply
+    (max_model_len - max_new_tokens; None: unchecked); overlong: "truncate" or "drop" beyond it."""
 
     scores_single_answers = False
 
     def __init__(self, *, backend: JudgeBackend, tokenizer, template: str, swap_positions: bool = True,
-                 logprob_verdicts: bool = False, max_new_tokens: int = 256):
-        self.backend = backend
-        self.tokenizer = tokenizer
-        self.template = template
-        self.swap_positions = swap_positions
-        self.logprob_verdicts = logprob_verdicts
-        self.max_new_tokens = max_new_tokens
+                 logprob_verdicts: bool = False, max_new_tokens: int = 256, template_kwargs: dict | None = None,
+                 seed: int = 0, max_prompt_tokens: int | None = None, overlong: str = "truncate",
+                 max_answer_tokens: int = 1024):
+        self.backend, self.tokenizer, self.template = backend, tokenizer, template
+        self.swap_positions, self.logprob_verdicts, self.max_new_tokens = swap_positions, logprob_verdicts, max_new_tokens
+        self.template_kwargs = dict(template_kwargs or {})  # judge.model.chat_template_kwargs
+        self.seed = seed  # the sides of games judged in one order only
+        self.max_prompt_tokens, self.overlong, self.max_answer_tokens = max_prompt_tokens, overlong, max_answer_tokens
         self.stats = JudgeStats()
         self._stats_lock = threading.Lock()  # batches of one stream are combined from several threads
 
@@ -145,7 +125,7 @@ class LLMJudge:
         return sorted(verdicts, key=lambda v: v.game_id)
 
     def metrics(self) -> dict[str, float]:
-        """Invalid, failed and order-flip rates over every game judged so far."""
+        """Invalid, failed, overlong and order-flip rates over every game judged so far."""
         return self.stats.as_metrics()
 
     def close(self) -> None:
@@ -160,65 +140,117 @@ class LLMJudge:
         """Restore ``state_dict``'s statistics."""
         self.stats = JudgeStats(**state)
 
+    # ------------------------------------------------------------ prompts
+
     def render(self, question: str, answer_a: str, answer_b: str) -> str:
         """The judge's prompt text: the filled template as a user turn, then the assistant prefix."""
         user = self.template.format(question=question, answer_a=answer_a, answer_b=answer_b)
         prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                    add_generation_prompt=True)
+                                                    add_generation_prompt=True, **self.template_kwargs)
         return prompt + (LOGPROB_PREFILL if self.logprob_verdicts else "")
 
-    def _letters(self, prompts: list[str]) -> list[tuple[Letter | None, str]]:
-        """(verdict letter or None, raw evidence) per prompt."""
+    def policy_shown_first(self, game: Game) -> bool:
+        """Whether the policy's answer is A in the game's first (or, without the swap, only) judgement:
+        always with the swap; else a coin seeded by (judge seed, prompt, sample, opponent)."""
+        if self.swap_positions:
+            return True
+        return stable_seed(self.seed, game.prompt.prompt_id, game.policy.sample_index, game.opponent_name) % 2 == 0
+
+    def _prompt(self, game: Game, *, policy_first: bool, cut: bool = False) -> str:
+        answers = [game.policy.text, game.opponent.text] if policy_first else [game.opponent.text, game.policy.text]
+        if cut:
+            answers = [self._cut(text) for text in answers]
+        return self.render(game.prompt.text, *answers)
+
+    def _cut(self, text: str) -> str:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return text if len(ids) <= self.max_answer_tokens else self.tokenizer.decode(ids[: self.max_answer_tokens]) + TRUNCATION_MARK
+
+    def _fits(self, prompt: str) -> bool:
+        return self.max_prompt_tokens is None or len(self.tokenizer.encode(prompt, add_special_tokens=False)) <= self.max_prompt_tokens
+
+    def _game_prompts(self, game: Game) -> tuple[list[str] | None, bool]:
+        """(the game's 1 or 2 prompts, or None when it is dropped; whether it did not fit as it was)."""
+        orders = [self.policy_shown_first(game)] + ([False] if self.swap_positions else [])
+        prompts = [self._prompt(game, policy_first=first) for first in orders]
+        if all(self._fits(p) for p in prompts):
+            return prompts, False
+        if self.overlong == "truncate":
+            prompts = [self._prompt(game, policy_first=first, cut=True) for first in orders]
+            if all(self._fits(p) for p in prompts):
+                return prompts, True
+        return None, True
+
+    # ------------------------------------------------------------ verdicts
+
+    def _reads(self, prompts: list[str]) -> list[_Read]:
+        """One judgement per prompt."""
         if self.logprob_verdicts:
-            scores = self.backend.choice_logprobs(prompts, list(LOGPROB_CHOICES))
             out = []
-            for row in scores:
-                best = int(np.argmax(row))
-                out.append((LOGPROB_CHOICES[list(LOGPROB_CHOICES)[best]],
-                            "logp " + " ".join(f"{c}={v:.3f}" for c, v in zip(LOGPROB_CHOICES, row, strict=True))))
+            for row in self.backend.choice_logprobs(prompts, list(LOGPROB_CHOICES)):
+                best = list(LOGPROB_CHOICES)[int(np.argmax(row))]
+                out.append(_Read(LOGPROB_CHOICES[best], "logp " + " ".join(f"{c}={v:.3f}" for c, v in zip(LOGPROB_CHOICES, row,
+                                                                                                         strict=True))))
             return out
-        return [(parse_verdict(text), text) for text in self.backend.complete(prompts, max_new_tokens=self.max_new_tokens)]
+        reads = []
+        for reply in self.backend.complete(prompts, max_new_tokens=self.max_new_tokens):
+            if reply.error is not None:
+                reads.append(_Read(None, f"judge request failed: {reply.error}", failed=True))
+            else:
+                reads.append(_Read(*read_reply(reply)))
+        return reads
 
     def judge_pairs(self, games: Sequence[Game], rng: np.random.Generator | None = None) -> list[Verdict]:
         """One verdict per pairwise game (policy vs opponent); ``rng`` is unused (greedy judge)."""
-        pairwise = [g for g in games if g.opponent is not None]
-        prompts = [self.render(g.prompt.text, g.policy.text, g.opponent.text) for g in pairwise]
-        if self.swap_positions:
-            prompts += [self.render(g.prompt.text, g.opponent.text, g.policy.text) for g in pairwise]
+        planned = {g.game_id: self._game_prompts(g) for g in games if g.opponent is not None}
+        judged = [g for g in games if g.opponent is not None and planned[g.game_id][0] is not None]
+        judged_ids = {g.game_id for g in judged}
+        orders = 2 if self.swap_positions else 1  # every game's first judgement, then every game's second
+        prompts = [planned[g.game_id][0][order] for order in range(orders) for g in judged]
         try:
-            letters = self._letters(prompts) if prompts else []
+            reads = self._reads(prompts) if prompts else []
         except Exception as err:  # a judge failure never crashes a run: drop these games, say why
+            reason = f"judge failed: {type(err).__name__}: {err}"[:300]
             with self._stats_lock:
                 self.stats.games += len(games)
-                self.stats.failed += len(pairwise)
-            reason = f"judge failed: {type(err).__name__}: {err}"[:300]
-            return [Verdict(game_id=g.game_id, valid=False, detail=reason if g.opponent is not None else "not a pairwise game")
+                self.stats.failed += len(judged)
+                self.stats.overlong += sum(over for _, over in planned.values())
+            return [Verdict(game_id=g.game_id, valid=False, detail=reason if g.game_id in judged_ids else self._not_judged(g))
                     for g in games]
         decided = {}
         with self._stats_lock:
             self.stats.games += len(games)
-            for index, game in enumerate(pairwise):
-                first = letters[index]
-                second = letters[index + len(pairwise)] if self.swap_positions else None
-                decided[game.game_id] = self._combine(game, first, second)
-        return [decided.get(g.game_id) or Verdict(game_id=g.game_id, valid=False, detail="not a pairwise game") for g in games]
+            self.stats.overlong += sum(over for _, over in planned.values())
+            for index, game in enumerate(judged):
+                decided[game.game_id] = self._combine(game, reads[index::len(judged)])
+        return [decided.get(g.game_id) or Verdict(game_id=g.game_id, valid=False, detail=self._not_judged(g))
+                for g in games]
 
-    def _combine(self, game: Game, first: tuple[Letter | None, str], second: tuple[Letter | None, str] | None) -> Verdict:
-        """Policy shown as A in ``first`` and as B in ``second``; map both to a winner."""
+    def _not_judged(self, game: Game) -> str:
+        if game.opponent is None:
+            return "not a pairwise game"
+        return f"judge prompt over judge.engine.max_model_len - judge.max_new_tokens = {self.max_prompt_tokens} tokens " \
+               f"(judge.overlong={self.overlong})"
+
+    def _combine(self, game: Game, reads: list[_Read]) -> Verdict:
+        """Policy shown first in ``reads[0]`` (or second, without the swap, by its coin), second in ``reads[1]``."""
         as_a = {"A": "policy", "B": "opponent", "tie": "tie"}
         as_b = {"A": "opponent", "B": "policy", "tie": "tie"}
-        replies = [first] + ([second] if second is not None else [])
-        if any(letter is None for letter, _ in replies):
+        failed = next((r for r in reads if r.failed), None)
+        if failed is not None:
+            self.stats.failed += 1
+            return Verdict(game_id=game.game_id, valid=False, detail=failed.text[:300])
+        bad = next((r for r in reads if r.letter is None), None)
+        if bad is not None:
             self.stats.invalid += 1
-            bad = next(text for letter, text in replies if letter is None)
             if len(self.stats.examples) < 5:
-                self.stats.examples.append(bad[:200])
-            return Verdict(game_id=game.game_id, valid=False, detail=f"invalid judge reply: {bad[:300]!r}")
-        winner = as_a[first[0]]
-        if second is not None and as_b[second[0]] != winner:
+                self.stats.examples.append(bad.text[:200])
+            return Verdict(game_id=game.game_id, valid=False, detail=f"invalid judge reply: {bad.text[:300]!r}")
+        winner = (as_a if self.policy_shown_first(game) else as_b)[reads[0].letter]
+        if len(reads) > 1 and as_b[reads[1].letter] != winner:
             self.stats.order_flips += 1
             winner = "tie"
-        return Verdict(game_id=game.game_id, winner=winner, detail=" | ".join(text[-200:] for _, text in replies))
+        return Verdict(game_id=game.game_id, winner=winner, detail=" | ".join(r.text[-200:] for r in reads))
 
 
 class EngineJudgeBackend:
@@ -237,14 +269,21 @@ class EngineJudgeBackend:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)  # the chat template already has them
 
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
-        """Greedy completions, decoded without special tokens."""
+    def complete(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[JudgeReply]:
+        """Greedy completions, decoded without special tokens (truncated: stopped by the token limit); a
+        request the engine refuses is a reply with its error, the others are unaffected."""
         from megatron_elo.rollout.engine import SamplingSettings
 
         settings = SamplingSettings(n=1, max_tokens=max_new_tokens, temperature=0.0,
                                     stop_token_ids=(self.tokenizer.eos_token_id,))
-        samples = self.engine.generate([self._encode(p) for p in prompts], settings)
-        return [self.tokenizer.decode(list(s[0].token_ids), skip_special_tokens=True) for s in samples]
+        replies = []
+        for result in self.engine.try_generate([self._encode(p) for p in prompts], settings):
+            if isinstance(result, str):
+                replies.append(JudgeReply("", error=result))
+            else:
+                replies.append(JudgeReply(self.tokenizer.decode(list(result[0].token_ids), skip_special_tokens=True),
+                                          truncated=result[0].finish_reason == "length"))
+        return replies
 
     def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
         """Scores prompt + choice for every pair in one engine call; sums the choice tokens' log-probs."""
@@ -276,4 +315,6 @@ def build_llm_judge(config, *, seed: int, cluster=None, world_size: int = 1, log
                          world_size=world_size, log_path=Path(log_dir) / "judge.log" if log_dir else None)
     return LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(config.template),
                     swap_positions=config.swap_positions, logprob_verdicts=config.logprob_verdicts,
-                    max_new_tokens=config.max_new_tokens)
+                    max_new_tokens=config.max_new_tokens, template_kwargs=config.model.chat_template_kwargs, seed=seed,
+                    max_prompt_tokens=config.engine.max_model_len - config.max_new_tokens, overlong=config.overlong,
+                    max_answer_tokens=config.max_answer_tokens)

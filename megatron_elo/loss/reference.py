@@ -156,14 +156,17 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     All tensors [B, T]; ``advantages`` already broadcast to tokens. ``ref_logprobs`` is required
     when kl_coef > 0, ``entropy`` when entropy_coef > 0. Returns (scalar loss, stats).
     """
-    surrogate, clipped = clipped_surrogate(logprobs, old_logprobs, advantages,
+    active = mask.bool()
+    # off the mask (prompt, padding) any exp() of a log-ratio may overflow, and inf * 0 is NaN: there the
+    # log-probs are replaced by the other side's (log-ratio 0, no gradient)
+    surrogate, clipped = clipped_surrogate(torch.where(active, logprobs, old_logprobs), old_logprobs, advantages,
                                            clip_low=config.clip_low, clip_high=config.clip_high)
     per_token = surrogate
     kl = torch.zeros_like(surrogate)
     if config.kl_coef > 0:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs (the frozen reference model's log-probs)")
-        kl = kl_penalty(logprobs, ref_logprobs, config.kl_estimator)
+        kl = kl_penalty(torch.where(active, logprobs, ref_logprobs), ref_logprobs, config.kl_estimator)
         per_token = per_token + config.kl_coef * kl
     if config.entropy_coef > 0:
         if entropy is None:
@@ -171,7 +174,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         per_token = per_token - config.entropy_coef * entropy.float()
     loss = aggregate(per_token, mask, config.loss_agg, normalizer=normalizer)
     with torch.no_grad():
-        ratio = torch.exp(logprobs.float() - old_logprobs.float())
+        ratio = torch.exp(torch.where(active, logprobs.float() - old_logprobs.float(), 0.0))
         stats = PolicyLossStats(
             pg_loss=aggregate(surrogate, mask, config.loss_agg, normalizer=normalizer).item(),
             kl=aggregate(kl, mask, config.loss_agg, normalizer=normalizer).item(),

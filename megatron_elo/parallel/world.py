@@ -2,6 +2,7 @@
 
     world = World.join(device="cpu", timeout_minutes=30)       # torchrun's env://, or a world of one
     prompts = world.from_driver(prompts if world.is_driver else None)
+    batch = world.on_driver(lambda: source.next_batch(16), waiting_for="the prompts")  # its errors stop every rank
     world.barrier("preparing the players")
 
 Rank 0, the driver, does the long one-rank phases (making players, playing games against opponents,
@@ -24,6 +25,17 @@ TIMEOUT_SETTING = "cluster.timeout_minutes"
 
 class DriverTimeout(RuntimeError):
     """A rank waited for the driver longer than ``cluster.timeout_minutes``."""
+
+
+class DriverFailed(RuntimeError):
+    """The driver's part of a phase raised; the other ranks stop with this, naming its error."""
+
+
+class _Failure:
+    """What the driver broadcasts instead of a result when its part raised."""
+
+    def __init__(self, message: str):
+        self.message = message
 
 
 class World:
@@ -64,6 +76,25 @@ class World:
         with self._timed(waiting_for):
             dist.broadcast_object_list(box, src=0, group=self.driver_group)
         return box[0]
+
+    def on_driver(self, work, *, waiting_for: str, share=None):
+        """``work()`` on the driver; every rank gets ``share(result)`` (default: the result itself), the
+        driver the whole result. If ``work`` raises on the driver, every rank stops: the driver with its
+        own error, the others with ``DriverFailed`` naming it (none is left waiting for a broadcast)."""
+        if self.size == 1:
+            return work()
+        if not self.is_driver:
+            got = self.from_driver(None, waiting_for=waiting_for)
+            if isinstance(got, _Failure):
+                raise DriverFailed(f"rank {self.rank}: the driver failed during {waiting_for}: {got.message}")
+            return got
+        try:
+            result = work()
+        except Exception as err:
+            self.from_driver(_Failure(f"{type(err).__name__}: {err}"), waiting_for=waiting_for)
+            raise
+        self.from_driver(result if share is None else share(result), waiting_for=waiting_for)
+        return result
 
     def barrier(self, waiting_for: str) -> None:
         """Every rank waits here until all arrive (the driver's long phases: ``waiting_for`` names it)."""

@@ -21,8 +21,12 @@ from megatron_elo.data.tokenizer import PromptTokenizer, player_tokenizer
 from megatron_elo.flow import PromptBatch, Response
 from megatron_elo.parallel.world import World
 from megatron_elo.players.sampler import PolicySampler
+from megatron_elo.players.sync_check import SamplerGap, StaleEngineWeights
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
 from megatron_elo.trainer.step import PolicyTrainer, StepStats, TrainBatch
+from megatron_elo.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,7 @@ class PreparedRollouts:
     batches: tuple[TrainBatch, ...]  # advantages still zero: ``TrainedPlayer.train`` fills them in
     rows: tuple[slice, ...]  # each batch's rows in the step's [P * n] sequences
     response_tokens: float  # response tokens over the whole step (all DP ranks)
+    sampler_gap: SamplerGap  # trainer vs engine log-probs of the sampled tokens, over every rank
 
 
 def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -> PolicyTrainer:
@@ -95,17 +100,21 @@ class TrainedPlayer:
 
     # ------------------------------------------------------------ training
 
-    def sequences(self, batch: PromptBatch, rollouts: list[list[Response]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt + response token rows, right-padded, and the response mask: ([P*n, S] int64, [P*n, S] bool)."""
-        rows, masks = [], []
+    def sequences(self, batch: PromptBatch, rollouts: list[list[Response]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt + response token rows, right-padded, the response mask and the engine's log-prob of each
+        sampled token at its position: ([P*n, S] int64, [P*n, S] bool, [P*n, S] float32, 0 off the responses)."""
+        rows, masks, sampled = [], [], []
         for prompt_ids, group in zip(batch.token_ids, rollouts, strict=True):
             for sample in group:
                 rows.append(list(prompt_ids) + list(sample.token_ids))
                 masks.append([False] * len(prompt_ids) + [True] * len(sample.token_ids))
+                logprobs = list(sample.logprobs) if len(sample.logprobs) == len(sample.token_ids) else [0.0] * len(sample.token_ids)
+                sampled.append([0.0] * len(prompt_ids) + logprobs)
         width = max(len(r) for r in rows)
         tokens = torch.tensor([r + [self.tokenizer.pad_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([m + [False] * (width - len(m)) for m in masks])
-        return tokens, mask
+        sampler = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in sampled], dtype=torch.float32)
+        return tokens, mask, sampler
 
     def _logprobs(self, model: PolicyTrainer, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, S] log-probs of the response tokens under ``model``'s current weights (0 elsewhere, and on
@@ -116,19 +125,38 @@ class TrainedPlayer:
     def prepare(self, batch: PromptBatch, rollouts: list[list[Response]]) -> PreparedRollouts:
         """One TrainBatch per optimizer step (``global_batch_size`` consecutive sequences): this DP rank's
         contiguous share of it, with old (and reference) log-probs under the current weights."""
-        tokens, mask = self.sequences(batch, rollouts)
+        tokens, mask, sampler = self.sequences(batch, rollouts)
         size = self.cfg.trainer.global_batch_size
         share = size // self.trainer.groups.layout.dp
         first = self.trainer.groups.coords.dp_rank * share  # this rank's offset inside each step's sequences
-        batches, rows = [], []
+        replicas = self.cfg.rollout.engine.dp
+        replica_of_row = (torch.arange(len(tokens)) // self.cfg.rollout.n_per_prompt) % replicas  # who sampled each row
+        batches, rows, gap = [], [], SamplerGap.empty(replicas)
         for start in range(0, len(tokens), size):
             mine = slice(start + first, start + first + share)
             part_tokens, part_mask = tokens[mine], mask[mine]
             reference = self._logprobs(self.reference, part_tokens, part_mask) if self.reference is not None else None
+            old = self._logprobs(self.trainer, part_tokens, part_mask)
             batches.append(TrainBatch(tokens=part_tokens, response_mask=part_mask, advantages=torch.zeros(len(part_tokens)),
-                                      old_logprobs=self._logprobs(self.trainer, part_tokens, part_mask), ref_logprobs=reference))
+                                      old_logprobs=old, ref_logprobs=reference))
             rows.append(mine)
-        return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()))
+            if self.trainer.groups.is_last_stage:  # earlier pipeline stages compute no log-probs
+                gap = gap.plus(SamplerGap.measure(old, sampler[mine], part_mask, replica_of_row[mine], replicas=replicas))
+        return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()),
+                                sampler_gap=gap.reduced(self.trainer.device))
+
+    def check_sampler_gap(self, prepared: PreparedRollouts, step: int) -> None:
+        """Warn, or stop (``rollout.stale_weights_action``), when the engine sampled step ``step``'s batch
+        with weights the trainer does not hold: mean log-prob gap over ``rollout.stale_weights_threshold``."""
+        mean, threshold = prepared.sampler_gap.mean, self.cfg.rollout.stale_weights_threshold
+        if mean <= threshold:
+            return
+        message = (f"step {step}: the engine's log-probs of its own samples differ from the trainer's by {mean:.4g} nats "
+                   f"on average (max {prepared.sampler_gap.largest:.4g}), over rollout.stale_weights_threshold={threshold:g}: "
+                   f"the engine is sampling with other weights than the trainer's (a failed or skipped weight sync?)")
+        if self.cfg.rollout.stale_weights_action == "stop":
+            raise StaleEngineWeights(message)
+        log.warning("%s", message)
 
     def train(self, prepared: PreparedRollouts, advantages: torch.Tensor) -> list[StepStats]:
         """One optimizer step per prepared batch; ``advantages``: [P * n], one per sequence of the step."""

@@ -41,6 +41,11 @@ from megatron_elo.signals.outcomes import score_outcomes
 from megatron_elo.trainer.step import PolicyTrainer, StepStats
 
 
+def _signal_only(played_and_signal: tuple[Played, GroupSignal]) -> tuple[None, GroupSignal]:
+    """What the other ranks need of the driver's games: the signal (the games stay on the driver)."""
+    return None, played_and_signal[1]
+
+
 @contextmanager
 def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
     """Add the block's wall-clock seconds to ``timings[phase]``."""
@@ -116,15 +121,16 @@ class GamesRecipe:
             batch = self._next_batch(step)
             rollouts = self.policy.rollouts(batch, step)
             self.policy.sleep()  # GPU: weights and KV cache released for the update (no-op on CPU)
-        played = self.play(batch, rollouts, step, timings) if self.world.is_driver else None
+        played, signal = self.world.on_driver(lambda: self._play_and_score(batch, rollouts, step, timings),
+                                              waiting_for=f"the driver's games of step {step}", share=_signal_only)
         with timed(timings, "train"):
-            signal = self._signal(batch, played, step)
             prepared = self.policy.prepare(batch, rollouts)
+            self.policy.check_sampler_gap(prepared, step)
             stats = self.policy.train(prepared, signal.advantages)
         with timed(timings, "sync"):
             self.policy.wake_up()
             self.policy.sync_weights()
-        return self._record(step, stats, prepared.response_tokens, timings, played, signal)
+        return self._record(step, stats, prepared, timings, played, signal, tokens=prepared.response_tokens)
 
     def _overlapped_step(self, step: int) -> StepRecord:
         """Judge this step's batch in a driver thread while the previous batch trains (module docstring)."""
@@ -134,20 +140,21 @@ class GamesRecipe:
             batch = self._next_batch(step)
             rollouts = self.policy.rollouts(batch, step)
             prepared = self.policy.prepare(batch, rollouts)  # old log-probs now: the weights that sampled them
+            self.policy.check_sampler_gap(prepared, step)
             if previous is not None:
                 self.policy.sleep()  # woken by _train_and_sync
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="games") as background:
-            playing = background.submit(self.play, batch, rollouts, step, timings) if self.world.is_driver else None
+            playing = background.submit(self._play_and_score, batch, rollouts, step, timings) if self.world.is_driver else None
             if previous is not None:
                 stats, tokens = self._train_and_sync(previous, timings)
-            played = playing.result() if playing is not None else None
-        signal = self._signal(batch, played, step)
+            played, signal = self.world.on_driver(lambda: playing.result(), share=_signal_only,
+                                                  waiting_for=f"the driver's games of step {step}")
         self.pending.update = PendingUpdate(prepared=prepared, advantages=signal.advantages)
         if step + 1 == self.cfg.trainer.steps:  # nothing left to overlap with: train the last batch now
             self.policy.sleep()
             last_stats, last_tokens = self._train_and_sync(self.pending.update, timings)
             stats, tokens, self.pending.update = stats + last_stats, tokens + last_tokens, None
-        return self._record(step, stats, tokens, timings, played, signal)
+        return self._record(step, stats, prepared, timings, played, signal, tokens=tokens)
 
     def _train_and_sync(self, update: PendingUpdate, timings: dict[str, float]) -> tuple[list[StepStats], float]:
         with timed(timings, "train"):
@@ -158,14 +165,15 @@ class GamesRecipe:
         return stats, update.prepared.response_tokens
 
     def _next_batch(self, step: int) -> PromptBatch:
-        """The step's prompts, drawn by the driver, on every rank."""
-        batch = self.prompts.next_batch(self.cfg.rollout.prompts_per_step) if self.world.is_driver else None
-        return self.world.from_driver(batch, waiting_for=f"the driver's prompts of step {step}")
+        """The step's prompts, drawn by the driver, on every rank (a prompt the driver cannot use stops all)."""
+        return self.world.on_driver(lambda: self.prompts.next_batch(self.cfg.rollout.prompts_per_step),
+                                    waiting_for=f"the driver's prompts of step {step}")
 
-    def _signal(self, batch: PromptBatch, played: Played | None, step: int) -> GroupSignal:
-        """The group advantages of the driver's outcomes, on every rank."""
-        signal = self.signal.build(played.outcomes, [p.prompt_id for p in batch.prompts]) if self.world.is_driver else None
-        return self.world.from_driver(signal, waiting_for=f"the driver's games of step {step}")
+    def _play_and_score(self, batch: PromptBatch, rollouts: list[list[Response]], step: int,
+                        timings: dict[str, float]) -> tuple[Played, GroupSignal]:
+        """The driver's games of the step and the group advantages of their outcomes."""
+        played = self.play(batch, rollouts, step, timings)
+        return played, self.signal.build(played.outcomes, [p.prompt_id for p in batch.prompts])
 
     def play(self, batch: PromptBatch, rollouts: list[list[Response]], step: int, timings: dict[str, float]) -> Played:
         """The driver's games: matches, opponents' answers (concurrently), verdicts, outcomes."""
@@ -189,11 +197,13 @@ class GamesRecipe:
         timings["judge"] = time.perf_counter() - start - timings["opponent"]
         return Played(plan=plan, games=tuple(games), verdicts=tuple(verdicts), outcomes=tuple(outcomes))
 
-    def _record(self, step: int, stats: list[StepStats], tokens: float, timings: dict[str, float],
-                played: Played | None, signal: GroupSignal) -> StepRecord:
-        """The step's record; on the driver, after the Elo update of its outcomes."""
+    def _record(self, step: int, stats: list[StepStats], sampled: PreparedRollouts, timings: dict[str, float],
+                played: Played | None, signal: GroupSignal, *, tokens: float) -> StepRecord:
+        """The step's record (``sampled``: this step's batch; ``tokens``: response tokens trained on); on the
+        driver, after the Elo update of its outcomes."""
         if not self.world.is_driver:
             return StepRecord(step=step + 1, train=tuple(stats), response_tokens=tokens, timings=timings)
         update_ratings(self.pool, played.outcomes)
         return StepRecord(step=step + 1, train=tuple(stats), response_tokens=tokens, timings=timings, played=played,
-                          signal=signal, ratings=self.pool.ratings(), extra_metrics=self.judge.metrics())
+                          signal=signal, ratings=self.pool.ratings(),
+                          extra_metrics={**self.judge.metrics(), **self.prompts.metrics(), **sampled.sampler_gap.metrics()})

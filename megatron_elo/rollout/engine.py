@@ -99,7 +99,7 @@ class RolloutEngine:
         too_long = [i for i, p in enumerate(prompts) if len(p) + 1 > self.max_model_len]
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} are longer than the engine's max_model_len={self.max_model_len}; "
-                             f"raise engine.max_model_len or set rollout.overlong_prompt=drop")
+                             f"raise engine.max_model_len (rollout.max_prompt_tokens keeps the policy's prompts under it)")
         def params(seed: int | None):
             return self._vllm.SamplingParams(n=settings.n, max_tokens=settings.max_tokens, temperature=settings.temperature,
                                              top_p=settings.top_p, top_k=settings.top_k, seed=seed, logprobs=0,
@@ -112,6 +112,19 @@ class RolloutEngine:
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[Sample(token_ids=tuple(o.token_ids), logprobs=tuple(_chosen_logprobs(o.logprobs, o.token_ids)),
                         finish_reason=o.finish_reason or "length") for o in out.outputs] for out in outputs]
+
+    def try_generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                     seeds: Sequence[int] | None = None) -> list[list[Sample] | str]:
+        """``generate``, but a prompt the engine cannot take (longer than max_model_len) gets the reason
+        (a str) in its place instead of failing the others."""
+        if seeds is None:
+            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+        fits = [i for i, p in enumerate(prompts) if len(p) + 1 <= self.max_model_len]
+        out: list = [f"prompt of {len(p)} tokens over the engine's max_model_len={self.max_model_len}" for p in prompts]
+        for i, samples in zip(fits, self.generate([prompts[i] for i in fits], settings, [seeds[i] for i in fits]) if fits
+                              else [], strict=True):
+            out[i] = samples
+        return out
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float | None]]:
         """log p(token_t | tokens_<t) of every position of each sequence (None at position 0)."""
@@ -132,7 +145,12 @@ class RolloutEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights in place from (HF name, full tensor) pairs, streamed: the
-        iterator is consumed inside the worker, so only one bucket needs to exist at a time."""
+        iterator is consumed inside the worker, so only one bucket needs to exist at a time.
+
+        vLLM warns "ParallelLMHead: Failed to load weights" and "RotaryEmbedding: Failed to load weights"
+        on every reload. Both are expected: with tied embeddings the LM head is the embedding's Parameter
+        (loaded as embed_tokens; the stream sends no lm_head), and the rotary embedding holds computed
+        cos / sin buffers, no weights. Runs send vLLM's log lines to engine_logs/ (utils.logging)."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         if not torch.cuda.is_available():
             self.llm.apply_model(_repack_tied_lm_head)

@@ -135,8 +135,8 @@ def _server_env() -> dict[str, str]:
     """This process's environment without the torchrun variables: a server started from rank 0 of
     a multi-rank world must not try to join that world."""
     launcher = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    return {k: v for k, v in os.environ.items() if k not in launcher}
+                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CONFIGURE_LOGGING"}
+    return {k: v for k, v in os.environ.items() if k not in launcher}  # a server logs as vLLM does (into its log file)
 
 
 def url_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
@@ -236,6 +236,22 @@ class ServedRolloutEngine:
             answer = self.client.post(body | {"prompt": [list(prompt)], "seed": seed})
             samples = [_sample(choice) for choice in sorted(answer["choices"], key=lambda c: c["index"])]
             return samples * settings.n if greedy else samples
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            return list(pool.map(one, prompts, seeds))
+
+    def try_generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                     seeds: Sequence[int] | None = None) -> list[list[Sample] | str]:
+        """``generate``, but a request that fails after its retries (or is refused: a 4xx such as a prompt
+        over the server's max_model_len) gets the error message (a str) in its place; the others stand."""
+        if seeds is None:
+            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+
+        def one(prompt: Sequence[int], seed: int) -> list[Sample] | str:
+            try:
+                return self.generate([prompt], settings, [seed])[0]
+            except ServerError as err:
+                return str(err)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(one, prompts, seeds))

@@ -32,7 +32,7 @@ from megatron_elo.runner.context import RunContext
 from megatron_elo.runner.report import export_final, step_metrics, write_artifacts
 from megatron_elo.runner.state import RunState, StateRegistry, unlisted_stages
 from megatron_elo.tracking import Tracker, make_tracker
-from megatron_elo.utils.logging import get_logger, progress_bar
+from megatron_elo.utils.logging import get_logger, progress_bar, send_engine_logs_to
 
 log = get_logger(__name__)
 
@@ -55,6 +55,7 @@ class Runner:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         world = World.join(device=cfg.cluster.device, timeout_minutes=cfg.cluster.timeout_minutes)
+        send_engine_logs_to(self.run_dir / "engine_logs" / f"in_process_rank{world.rank}.log")
         prepare_players(cfg, world)
         if world.is_driver:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ class Runner:
                 raise RuntimeError(f"recipe {cfg.algorithm.name!r} holds stateful stage(s) {unlisted} that its stages() "
                                    f"does not list: checkpoints would lose them; add them to stages()")
             self.registry.register_stages(stages)
-            resumed = self._resume()
+            resumed = self._resume(world)
             tracker = make_tracker(cfg.tracking, rank=world.rank, output_dir=cfg.output_dir, run_name=cfg.run_name,
                                    run_id=self.run_state.mlflow_run_id)
             self.run_state.mlflow_run_id = tracker.run_id
@@ -82,13 +83,34 @@ class Runner:
         finally:
             ctx.close()
 
-    def _resume(self) -> bool:
-        if self.cfg.checkpoint.resume != "auto":
+    def _resume(self, world: World) -> bool:
+        """Restore the checkpoint ``checkpoint.resume`` names (auto: the newest sound one; corrupt newer
+        ones are skipped with a warning naming the file), chosen by the driver; False when there is none."""
+        setting = self.cfg.checkpoint.resume
+        if setting == "never":
             return False
-        restored = self.registry.resume(self.recipe.trainer, self.run_dir / "checkpoints")
-        if restored is not None:
-            log.info("resumed from %s at step %d", restored, self.run_state.step)
-        return restored is not None
+        chosen = self._checkpoint_to_resume(setting) if world.is_driver else None
+        chosen = world.from_driver(chosen, waiting_for="the driver to check the checkpoints")
+        if isinstance(chosen, list):  # an explicit checkpoint that failed its checks: every rank stops
+            raise ValueError(f"checkpoint.resume={setting}: {'; '.join(chosen)}; point it at a sound checkpoint "
+                             f"(or use auto, which falls back to the newest sound one)")
+        if chosen is None:
+            return False
+        self.registry.resume(self.recipe.trainer, Path(chosen))
+        log.info("resumed from %s at step %d", chosen, self.run_state.step)
+        return True
+
+    def _checkpoint_to_resume(self, setting: str) -> str | list[str] | None:
+        """The driver's choice: a checkpoint path, None (nothing to resume), or the problems of an explicit one."""
+        from megatron_elo.trainer.checkpoint import checkpoint_problems, latest_valid_checkpoint
+
+        if setting != "auto":
+            problems = checkpoint_problems(setting)
+            return problems or str(setting)
+        latest, skipped = latest_valid_checkpoint(self.run_dir / "checkpoints")
+        for line in skipped:
+            log.warning("%s", line)
+        return str(latest) if latest is not None else None
 
     def _train(self, world: World, tracker: Tracker, resumed: bool) -> dict:
         cfg, recipe, state = self.cfg, self.recipe, self.run_state
@@ -170,11 +192,17 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path | None = None) ->
     from megatron_elo.data.tokenizer import player_tokenizer
     from megatron_elo.players.sampler import PolicySampler
     from megatron_elo.rollout.engine import RolloutEngine
-    from megatron_elo.trainer.checkpoint import latest_checkpoint
+    from megatron_elo.trainer.checkpoint import latest_valid_checkpoint
 
     world = World.join(device=cfg.cluster.device, timeout_minutes=cfg.cluster.timeout_minutes)
+    send_engine_logs_to(Path(cfg.output_dir) / cfg.run_name / "engine_logs" / f"eval_rank{world.rank}.log")
     prepare_players(cfg, world)
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(cfg.output_dir) / cfg.run_name / "checkpoints")
+    if checkpoint is None:
+        path, skipped = latest_valid_checkpoint(Path(cfg.output_dir) / cfg.run_name / "checkpoints")
+        for line in skipped if world.is_driver else []:
+            log.warning("%s", line)
+    else:
+        path = Path(checkpoint)
     model_dir, step = cfg.model.path, 0
     if path is not None:
         model_dir, step = _exported(path, world), int(json.loads((path / "meta.json").read_text())["step"])

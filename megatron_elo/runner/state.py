@@ -3,7 +3,7 @@
     registry = StateRegistry(run_state)
     registry.register_stages({"prompts": source, "pool": pool, "judge": judge, "matchmaker": mm})
     registry.save(trainer, checkpoints_dir, keep_last=2)          # collective
-    registry.resume(trainer, checkpoints_dir)                       # False when there is nothing to resume
+    registry.resume(trainer, checkpoint)                            # collective
 
 A stage is stateful when it has ``state_dict`` / ``load_state_dict`` (JSON, kept in the checkpoint's
 meta.json: data position, Elo pool, judge statistics, matchmaker state) or ``rank_state_dict`` /
@@ -104,13 +104,9 @@ class StateRegistry:
         return save_checkpoint(trainer, root, extra=self.state_dict() if is_driver else None, keep_last=keep_last,
                                rank_state=self.rank_state_dict(), step=run_state.step)
 
-    def resume(self, trainer: PolicyTrainer, root: Path) -> Path | None:
-        """Restore the newest complete checkpoint under ``root`` (collective); its path, or None when there is none."""
-        from megatron_elo.trainer.checkpoint import latest_checkpoint, load_checkpoint, load_rank_state
+    def resume(self, trainer: PolicyTrainer, checkpoint: Path) -> None:
+        """Restore the trainer and every registered stage from ``checkpoint`` (collective)."""
+        from megatron_elo.trainer.checkpoint import load_checkpoint, load_rank_state
 
-        latest = latest_checkpoint(root)
-        if latest is None:
-            return None
-        states = load_checkpoint(trainer, latest)
-        self.load(states, load_rank_state(latest), source=latest)
-        return latest
+        states = load_checkpoint(trainer, checkpoint)
+        self.load(states, load_rank_state(checkpoint), source=checkpoint)

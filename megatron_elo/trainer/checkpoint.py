@@ -1,7 +1,8 @@
 """Sharded training checkpoints: model shard, optimizer, schedule, RNG and step, per (tp, pp) rank.
 
     <dir>/step_00000010/
-        meta.json                 format, step, layout, arch (written last: a directory without it is incomplete)
+        meta.json                 format, step, layout, arch, every file's SHA-256 (written last: a directory
+                                  without it is incomplete)
         shard_tp0_pp0.pt ...      model weights + optimizer state of each (tp, pp) shard (DP rank 0 writes)
         rng_rank0.pt ...          each rank's torch / numpy / python (and CUDA) RNG states
         state_rank0.pt ...        each rank's own run state, when it has some (an overlapped run's pending batch)
@@ -11,12 +12,14 @@ The optimizer state is per parameter and whole over DP (fp32 main weight, Adam m
 resumes under a different DP size, on either ``trainer.optimizer`` and in either precision; TP and PP
 must match (convert through HF to change them). The LR schedule is a function of the step.
 Each step is written to a temporary directory and renamed into place, so an interrupted save never
-damages an earlier checkpoint.
+damages an earlier checkpoint; ``checkpoint_problems`` checks a checkpoint's files against the
+checksums in its meta.json, and ``latest_valid_checkpoint`` skips the corrupt ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import shutil
@@ -41,6 +44,45 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     """The newest complete checkpoint under ``root`` (one with meta.json), or None."""
     complete = sorted(p for p in Path(root).glob("step_*") if (p / META).is_file())
     return complete[-1] if complete else None
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_problems(path: str | Path) -> list[str]:
+    """What is wrong with the checkpoint at ``path`` (an unreadable meta.json, a file missing or not
+    matching its recorded SHA-256); [] when it is sound (checkpoints without checksums are trusted)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError) as err:
+        return [f"{path / META}: unreadable ({type(err).__name__}: {err})"]
+    problems = []
+    for name, expected in meta.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif file_sha256(file) != expected:
+            problems.append(f"{file}: its SHA-256 is not the one recorded at save time (truncated or damaged)")
+    return problems
+
+
+def latest_valid_checkpoint(root: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint under ``root`` whose files match their checksums, and a warning
+    line for each newer one skipped."""
+    skipped = []
+    for candidate in sorted((p for p in Path(root).glob("step_*") if (p / META).is_file()), reverse=True):
+        problems = checkpoint_problems(candidate)
+        if not problems:
+            return candidate, skipped
+        skipped.append(f"checkpoint {candidate} is corrupt, skipped: {'; '.join(problems)}")
+    return None, skipped
 
 
 def _rng_state() -> dict:
@@ -81,14 +123,18 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     if c.dp_rank == 0:
         torch.save({"model": trainer.model.state_dict(), "optimizer": optimizer_state, "step": trainer.step},
                    tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
-    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    written = [f"rng_rank{rank}.pt"] + ([f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt"] if c.dp_rank == 0 else [])
+    torch.save(_rng_state(), tmp / written[0])
     if rank_state:
-        torch.save(rank_state, tmp / f"state_rank{rank}.pt")
-    dist.barrier()
+        written.append(f"state_rank{rank}.pt")
+        torch.save(rank_state, tmp / written[-1])
+    checksums: list = [None] * dist.get_world_size()  # each rank hashes its own files; rank 0 records them all
+    dist.all_gather_object(checksums, {name: file_sha256(tmp / name) for name in written})
     if rank == 0:
         layout = groups.layout
         meta = {"format": FORMAT, "step": step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
-                "arch": dataclasses.asdict(trainer.arch), "extra": extra or {}}
+                "arch": dataclasses.asdict(trainer.arch), "extra": extra or {},
+                "files": {name: digest for per_rank in checksums for name, digest in sorted(per_rank.items())}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

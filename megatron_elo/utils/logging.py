@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 LOGGER_NAME = "megatron_elo"
 
@@ -49,6 +51,29 @@ def setup_logging(*, rank: int = 0, level: str | int = "INFO", all_ranks: bool =
     handler.addFilter(_RankFilter(rank, all_ranks))
     logger.addHandler(handler)
     return logger
+
+
+def send_engine_logs_to(path: str | Path) -> Path:
+    """vLLM's log lines from the engines in this process go to ``path`` (appended), not the console:
+    per weight sync alone it logs a reload timing, a prefix-cache reset and two "Failed to load
+    weights" warnings (harmless: see ``RolloutEngine.load_weights``). Its errors still reach the
+    console. Call before vLLM is imported (its own logging set-up is turned off); served engines keep
+    vLLM's own logging, into their log files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
+    engine_logger = logging.getLogger("vllm")
+    for handler in list(engine_logger.handlers):
+        engine_logger.removeHandler(handler)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    engine_logger.addHandler(to_file)
+    engine_logger.addHandler(errors)
+    engine_logger.setLevel(logging.INFO)
+    engine_logger.propagate = False
+    return path
 
 
 def get_logger(name: str) -> logging.Logger:
