@@ -12,8 +12,11 @@
 # ./gpu_results), so a part that fails or times out still leaves what the earlier steps wrote:
 #   kernels  the GPU tests of tests/test_kernels.py (fp32 against the references on CUDA, bf16 at real
 #            shapes), then `bench kernels` at the Qwen2.5-7B shapes of issue #3;
-#   trainer  the GPU tests of tests/test_trainer.py (a train step on CUDA equals the CPU step; megatron-core's
-#            DDP + optimizer, plain and distributed, take the torch optimizer's step and resume exactly);
+#   trainer  the GPU tests of tests/test_te_spec.py (transformer-engine's layer spec loads the local
+#            spec's weights under the fused-norm names and computes the same logits; weight sync sees
+#            the same HF weights) and of tests/test_trainer.py (a train step on CUDA equals the CPU step;
+#            megatron-core's DDP + optimizer, plain and distributed, take the torch optimizer's step and
+#            resume exactly);
 #   trainer-bench  `bench trainer` for the Qwen2.5-1.5B shape, bf16: 4 x 2048 with each loss side (torch
 #            optimizer), and 8 x 2048 with the fused kernels on each optimizer (issue #5's target: it fits);
 #   reshard  `bench reshard --engine none` (Megatron side; the machine has no vLLM) for the
@@ -51,7 +54,8 @@ case "$part" in
     step bench_kernels 330 python3 -m megatron_elo.cli bench kernels --out "$out/bench_kernels.md"
     ;;
   trainer)
-    step pytest_trainer 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
+    step pytest_te_spec 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_te_spec.py
+    step pytest_trainer 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py
     ;;
   trainer-bench)
     common=(--shape qwen2.5-1.5b --seq 2048 --device cuda --dtype bf16 --steps 5 --warmup 2)

@@ -24,12 +24,14 @@ from megatron_elo.config.schema import RunConfig
 from megatron_elo.config.validate import validate, world_size_from_env
 from megatron_elo.parallel.layout import DevicePlan, format_devices, plan_devices
 from megatron_elo.parallel.world import DriverTimeout
+from megatron_elo.runner.errors import EngineStopped
 from megatron_elo.utils.logging import setup_logging
 
 EXIT_BAD_CONFIG = 2
 EXIT_NOT_BUILT = 3
 EXIT_SERVER = 4
 EXIT_TIMEOUT = 5
+EXIT_ENGINE_DOWN = 6  # a served engine died for good: checkpointed, rerun to resume
 
 
 class NotBuiltYet(RuntimeError):
@@ -144,8 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict) -> None:
-    """The end-of-run report: held-out win rate before and after, ratings, where everything is."""
-    print(f"held-out win rate: {summary['win_rate_before']:.3f} -> {summary['win_rate_after']:.3f} "
+    """The end-of-run report: held-out (or validation) win rate before and after, ratings, where everything is."""
+    split = summary.get("eval_split", "held_out").replace("_", "-")
+    print(f"{split} win rate: {summary['win_rate_before']:.3f} -> {summary['win_rate_after']:.3f} "
           f"(95% CI +-{summary['ci95_after']:.3f}); exact answers {summary['exact_before']:.2f} -> {summary['exact_after']:.2f}")
     print("Elo:", ", ".join(f"{k} {v:.0f}" for k, v in summary["elo"].items()))
     print(f"run directory: {summary['run_dir']}")
@@ -164,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(cfg, args.checkpoint)
     except NotSupportedYet as err:
         raise NotBuiltYet(str(err)) from None
-    print(f"step {result.step}: held-out win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
+    print(f"step {result.step}: {cfg.eval.split.replace('_', '-')} win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
           + ", ".join(f"vs {k} {v:.3f}" for k, v in result.per_opponent.items()))
     return 0
 
@@ -244,6 +247,9 @@ BENCHES = (  # (target, module with add_arguments(parser) and run(args), help, d
      "(see megatron_elo/rollout/benchmark.py)."),
     ("trainer", "megatron_elo.trainer.benchmark", "train step: tokens/s, step time, MFU, peak memory",
      "The policy train step on random weights and tokens, per loss-side setting (see megatron_elo/trainer/benchmark.py)."),
+    ("judge", "megatron_elo.judges.benchmark", "log-prob verdicts: one generated token vs scoring each choice",
+     "The LLM judge's log-prob verdicts read from one decoding step's top log-probs beside three full prompt "
+     "log-prob passes, on one in-process engine (see megatron_elo/judges/benchmark.py)."),
     ("loop", "megatron_elo.runner.benchmark", "seconds per step with and without rollout.overlap_judging",
      "Two short training runs of the config with a served tiny LLM judge and served opponents, overlap off and on "
      "(see megatron_elo/runner/benchmark.py)."),
@@ -338,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except DriverTimeout as err:
         log.error("%s", err)
         return EXIT_TIMEOUT
+    except EngineStopped as err:
+        log.error("%s", err)
+        return EXIT_ENGINE_DOWN
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         log.error("%s", err)
         return EXIT_BAD_CONFIG

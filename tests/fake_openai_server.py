@@ -5,6 +5,8 @@ starts it with --skip-tokenizer-init), for client / server-manager tests.
 
 GET /health -> 200. POST /v1/completions, ``prompt`` a list of token-id lists:
 - with ``prompt_logprobs``: each prompt token t after the first gets log-prob -0.01 * t;
+- with ``logprobs`` > 0 and ``max_tokens`` 1: one token whose top log-probs are -0.01 * t for every
+  token t < 512 (named "token_id:<t>", as vLLM's --return-tokens-as-token-ids does);
 - else ``n`` choices per prompt whose token ids encode --reply (default: "[[A]]" when the decoded
   prompt contains "policy-first", else "[[B]]") with the tokenizer given to ``make_server`` (without
   one: ids [7, 8, 9]), each token's log-prob -0.5.
@@ -70,6 +72,11 @@ def make_server(port: int, *, fail_first: int = 0, delay: float = 0.0, reply: st
                 if body.get("prompt_logprobs") is not None:
                     positions = [None] + [{str(t): {"logprob": -0.01 * t, "rank": 1}} for t in prompt[1:]]
                     choices.append({"index": index, "text": "", "token_ids": [0], "prompt_logprobs": positions})
+                    continue
+                if body.get("logprobs") and body.get("max_tokens") == 1:
+                    top = {f"token_id:{t}": -0.01 * t for t in range(512)}
+                    choices.append({"index": index, "text": "", "token_ids": [0], "finish_reason": "length",
+                                    "logprobs": {"token_logprobs": [0.0], "top_logprobs": [top]}})
                     continue
                 ids = answer_ids(prompt)
                 for j in range(n):

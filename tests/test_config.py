@@ -53,6 +53,12 @@ def test_tiny_cpu_config_is_valid():
 
 def test_qwen7b_config_matches_the_paper_layout_without_checkpoints():
     cfg = validate(load_config(QWEN7B), check_paths=False)
+    # GPU engines decode with CUDA graphs unless told otherwise; the CPU demo's are eager
+    assert cfg.rollout.engine.enforce_eager is False and {o.engine.enforce_eager for o in cfg.opponents} == {False}
+    assert cfg.judge.engine.enforce_eager is False
+    assert tiny().rollout.engine.enforce_eager is True
+    assert validate(load_config(QWEN7B, ["opponents.0.engine.enforce_eager=true"]), check_paths=False
+                    ).opponents[0].engine.enforce_eager is True
     assert (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp) == (2, 2, 2)
     assert cfg.cluster.nodes == 2 and cfg.cluster.devices_per_node == 8
     assert {o.name: o.engine.tp for o in cfg.opponents} == {"qwen2.5-32b": 4, "qwen2.5-14b": 2, "qwen3-8b": 1}

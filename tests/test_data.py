@@ -227,3 +227,49 @@ def test_chat_template_kwargs_reach_the_players_and_the_judges_templates(tmp_pat
         {"enable_thinking": False}
     with pytest.raises(ConfigError, match="model.chat_template_kwargs: expected a mapping"):
         load_config(tiny, ["model.chat_template_kwargs=true"])
+
+
+# ---------------------------------------------------------------- splits
+
+
+def _tiny(*overrides):
+    from megatron_elo.config.loader import load_config
+
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml", list(overrides))
+
+
+def test_the_synthetic_held_out_and_validation_problems_are_never_trained_on():
+    """Before: training and "held-out" problems were drawn from the same 441 sums (99 of 100 shared)."""
+    from megatron_elo.data.source import load_prompt_sets
+    from megatron_elo.tasks.arithmetic import make_prompts, split_pairs
+
+    train, held_out = load_prompt_sets(_tiny())
+    _, validation = load_prompt_sets(_tiny("eval.split=validation"))
+    texts = {name: {p.text for p in prompts} for name, prompts in
+             (("train", train), ("held_out", held_out), ("validation", validation))}
+    assert len(texts["held_out"]) == len(held_out) == 100 and len(texts["validation"]) == len(validation) == 100
+    assert not texts["train"] & texts["held_out"] and not texts["train"] & texts["validation"]
+    assert not texts["held_out"] & texts["validation"]
+    assert len(texts["train"]) == 241  # 2000 draws cover the 441 - 200 training problems
+    pairs = split_pairs(max_operand=20, seed=0, num_eval=100, num_validation=100)
+    sft = {p.text for p in make_prompts(5000, seed=17, split="sft", pairs=pairs["train"])}  # what `prepare` draws
+    assert sft == texts["train"]
+    assert {p.prompt_id.split("-")[0] for p in held_out} == {"eval"}
+    with pytest.raises(ValueError, match="leave none of the 441"):
+        split_pairs(max_operand=20, seed=0, num_eval=400, num_validation=41)
+
+
+def test_evaluation_files_overlapping_training_are_warned_about_and_validation_needs_a_file(tmp_path, caplog):
+    from megatron_elo.config.validate import ConfigError, validate
+    from megatron_elo.data.source import load_prompt_sets
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"q{i}"} for i in range(5)])
+    held = write_jsonl(tmp_path / "held.jsonl", [{"id": "h0", "prompt": "q1"}, {"id": "h1", "prompt": "new"}])
+    files = ("data.format=jsonl", f"data.train_path={train}", f"data.eval_path={held}", "judge.kind=llm",
+             "judge.model.path=null", "judge.model.arch.vocab_size=128")
+    with pytest.raises(ConfigError, match="data.validation_path: eval.split=validation"):
+        validate(_tiny(*files, "eval.split=validation"), check_paths=False)
+    with caplog.at_level("WARNING"):
+        _, evaluated = load_prompt_sets(_tiny(*files))
+    assert [p.prompt_id for p in evaluated] == ["h0", "h1"]
+    assert "1 of the 2 held_out prompts" in caplog.text

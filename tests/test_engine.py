@@ -44,6 +44,8 @@ def engine_session(rank, world_size, model_dir):
     again = engine.generate([[1, 2, 3], [4, 5]], SamplingSettings(n=3, max_tokens=6, temperature=1.0, seed=7))
     report["shapes"] = [[(len(s.token_ids), len(s.logprobs), s.finish_reason) for s in group] for group in samples]
     report["reproducible"] = [[s.token_ids for s in g] for g in samples] == [[s.token_ids for s in g] for g in again]
+    twins = engine.generate([[1, 2, 3], [1, 2, 3]], SamplingSettings(n=3, max_tokens=6, temperature=1.0, seed=7))
+    report["twin_samples"] = [s.token_ids for g in twins for s in g]  # prompt i seeded seed + i shared streams
     try:
         engine.generate([list(range(70))], SamplingSettings())
     except ValueError as err:
@@ -101,6 +103,10 @@ def report(tmp_path_factory):
 def test_generation_returns_typed_samples_and_reproduces(report):
     assert report["shapes"] == [[(6, 6, "length")] * 3] * 2
     assert report["reproducible"]
+
+
+def test_no_two_samples_of_a_call_share_a_random_stream(report):
+    assert len(set(report["twin_samples"])) == 6  # one prompt twice, 3 samples each: six different answers
 
 
 def test_a_served_engine_samples_and_scores_like_the_in_process_one(report):

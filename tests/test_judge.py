@@ -148,6 +148,22 @@ def test_without_the_swap_the_policy_answer_goes_to_a_seeded_side_per_game(token
     assert [other.policy_shown_first(g) for g in games] != sides
 
 
+class NoLetterBackend:
+    """A judge engine whose likeliest next tokens never include a verdict letter."""
+
+    concurrent = False
+
+    def choice_logprobs(self, prompts, choices):
+        return [[-np.inf] * len(choices) for _ in prompts]
+
+
+def test_a_one_token_verdict_without_any_letter_among_the_top_tokens_is_invalid(tokenizer):
+    judge = LLMJudge(backend=NoLetterBackend(), tokenizer=tokenizer, template=load_template(None), logprob_verdicts=True)
+    verdicts = judge.judge_pairs(_games(2))
+    assert [v.valid for v in verdicts] == [False, False] and judge.stats.invalid == 2
+    assert "no verdict letter" in verdicts[0].detail
+
+
 def test_point_wise_games_are_not_judged_pairwise(tokenizer):
     game = _games(1)[0]
     lone = Game(game_id=7, prompt=game.prompt, policy=game.policy, opponent=None)
@@ -169,13 +185,14 @@ def test_logprob_verdicts_on_a_vllm_engine_equal_the_models_own_probabilities(tm
 
     from megatron_elo.config.schema import ArchConfig, EngineConfig
     from megatron_elo.judges.llm import LOGPROB_CHOICES, EngineJudgeBackend
-    from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
+    from megatron_elo.models.tiny import lift_output_tokens, make_tiny_hf_model, make_tiny_tokenizer
     from megatron_elo.rollout.engine import RolloutEngine
 
     arch = ArchConfig(family="qwen2", num_layers=2, hidden_size=128, ffn_hidden_size=256, num_attention_heads=2,
                       num_kv_heads=2, head_dim=64, vocab_size=320, max_position_embeddings=2048, tie_word_embeddings=False)
     model_dir = make_tiny_hf_model(arch, tmp_path / "judge", seed=3, init_std=0.5)
     make_tiny_tokenizer(model_dir)
+    lift_output_tokens(model_dir)  # a random model rarely has a verdict letter among its 20 likeliest next tokens
     engine = RolloutEngine(str(model_dir), EngineConfig(max_model_len=2048, kv_cache_gib=0.25, gpu_memory_utilization=0.2),
                            seed=0, dtype="fp32")
     games = _games(3)
@@ -194,7 +211,10 @@ def test_logprob_verdicts_on_a_vllm_engine_equal_the_models_own_probabilities(tm
         assert verdict.valid and verdict.winner == as_seen[best]
         engine_logp = [float(x.split("=")[1]) for x in verdict.detail.removeprefix("logp ").split()]
         expected = [next_logp[tokenizer.encode(c)[0]].item() for c in letters]
-        np.testing.assert_allclose(engine_logp, expected, atol=1e-3)
+        twentieth = next_logp.topk(20).values[-1].item()
+        for got, want in zip(engine_logp, expected, strict=True):  # outside the top 20: -inf, and truly below them
+            assert abs(got - want) < 1e-3 if got != -np.inf else want < twentieth + 1e-4
+        assert max(engine_logp) > -np.inf
 
     # a prompt over the in-process engine's max_model_len fails alone (it used to fail the whole call)
     tried = engine.try_generate([[5] * 2100, [5, 6, 7]], SamplingSettings(n=1, max_tokens=2, temperature=0.0))
@@ -234,9 +254,13 @@ def test_served_engine_generates_and_scores_token_ids(fake_server, tokenizer):
     groups = engine.generate([[1, 2], [3]], SamplingSettings(n=2, max_tokens=4, temperature=1.0, seed=10))
     assert [[s.token_ids for s in g] for g in groups] == [[reply, reply], [reply, reply]]
     assert groups[0][0].logprobs == (-0.5,) * len(reply) and groups[0][0].finish_reason == "stop"
-    assert groups[1] == engine.generate([[3]], SamplingSettings(n=2, max_tokens=4, temperature=1.0), seeds=[11])[0]
-    # one request per prompt, each with its own seed (settings.seed + index, as the in-process engine)
-    assert {(tuple(b["prompt"][0]), b["seed"]) for b in server.requests if b.get("seed") is not None} == {((1, 2), 10), ((3,), 11)}
+    from megatron_elo.rollout.engine import default_seeds
+
+    seeds = default_seeds(SamplingSettings(n=2, seed=10), 2)  # as the in-process engine: disjoint 2-sample streams
+    assert groups[1] == engine.generate([[3]], SamplingSettings(n=2, max_tokens=4, temperature=1.0), seeds=[seeds[1]])[0]
+    # one request per prompt, each with its own seed
+    assert {(tuple(b["prompt"][0]), b["seed"]) for b in server.requests if b.get("seed") is not None} == {
+        ((1, 2), seeds[0]), ((3,), seeds[1])}
     greedy = engine.generate([[1]], SamplingSettings(n=3, max_tokens=4, temperature=0.0))  # vLLM refuses n > 1 greedy
     assert len(greedy[0]) == 3 and greedy[0][0] == greedy[0][2]
     assert engine.score([[5, 6, 7]]) == [[None, pytest.approx(-0.06), pytest.approx(-0.07)]]

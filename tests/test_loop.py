@@ -75,12 +75,11 @@ def run_loop(rank, world_size, cfg, stop_after=None, crash_at=None):
 @pytest.fixture(scope="module")
 def players(tmp_path_factory):
     from megatron_elo.config.loader import load_config
+    from megatron_elo.parallel.world import World
+    from megatron_elo.players.prepare import prepare_players
 
     root = tmp_path_factory.mktemp("players")
-    cfg = small_config(root, root)
-    from megatron_elo.tasks.pretrain import train_snapshots
-
-    train_snapshots(cfg.prepare.arch, [(s.path, s.sft_steps) for s in cfg.prepare.snapshots], seed=0, show_progress=False)
+    prepare_players(small_config(root, root), World(rank=0, size=1, driver_group=None, timeout_minutes=1))
     assert load_config(TINY).prepare is not None
     return root
 
@@ -347,11 +346,12 @@ def test_the_loop_and_eval_run_with_an_llm_judge_in_its_own_engine(tmp_path):
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from megatron_elo.models.tiny import make_tiny_hf_model, make_tiny_tokenizer
+    from megatron_elo.models.tiny import lift_output_tokens, make_tiny_hf_model, make_tiny_tokenizer
 
     raw = file_prompts_config(tmp_path, references=False)
     make_tiny_hf_model(_byte_arch(), tmp_path / "judge", seed=5, init_std=0.3)
     make_tiny_tokenizer(tmp_path / "judge")
+    lift_output_tokens(tmp_path / "judge")  # one-token verdicts need a letter among the judge's likeliest tokens
     raw["judge"] = {"kind": "llm", "model": {"path": str(tmp_path / "judge"), "dtype": "fp32"}, "logprob_verdicts": True,
                     "swap_positions": True, "engine": {**raw["rollout"]["engine"], "max_model_len": 1024}}
     raw.update(tracking={"backend": "mlflow", "experiment": "llm-judged"}, data={**raw["data"], "loader": "default"})
@@ -544,3 +544,80 @@ def test_a_skipped_weight_sync_is_caught_at_run_time(players, tmp_path, straight
     outcome = run_distributed(run_without_weight_sync, 1, cfg, timeout=900)[0]
     assert outcome.startswith("StaleEngineWeights: step 1: the engine's log-probs of its own samples differ")
     assert "over rollout.stale_weights_threshold=0.0001" in outcome
+
+
+def run_killing_a_server(rank, world_size, cfg, victim, kill_at):
+    """The run, with ``victim``'s vLLM server (an opponent's name, or "judge") killed with SIGKILL just
+    before step ``kill_at``."""
+    import os
+    import signal
+
+    from megatron_elo.recipes.games import GamesRecipe
+    from megatron_elo.runner.errors import EngineStopped
+    from megatron_elo.runner.runner import Runner
+
+    original = GamesRecipe.step
+
+    def killing(self, step):
+        if step == kill_at:
+            engine = self.judge.backend.engine if victim == "judge" else self.opponents.players[victim].engine
+            os.kill(engine.server.process.pid, signal.SIGKILL)
+            engine.server.process.wait()
+        return original(self, step)
+
+    GamesRecipe.step = killing
+    runner = Runner(cfg)
+    try:
+        summary = runner.run()
+    except EngineStopped as err:
+        return {"stopped": str(err), "step": runner.run_state.step}
+    weights = {n: p.detach().clone() for n, p in runner.recipe.trainer.model.named_parameters()}
+    return {"summary": summary, "weights": weights, "metrics": runner.last_record.extra_metrics}
+
+
+def served_medium_config(root: Path, players: Path, *, restarts: int):
+    cfg = small_config(root, players)
+    medium = next(o for o in cfg.opponents if o.name == "medium")
+    medium.engine.launch, medium.engine.restarts, medium.engine.kv_cache_gib = "server", restarts, 0.1
+    return cfg
+
+
+def test_a_killed_opponent_server_is_restarted_or_the_run_checkpoints_and_resumes(straight_and_resumed, players, tmp_path):
+    """kill -9 of the medium opponent's vLLM server before step 2: with restarts left the run starts it
+    again and ends as the uninterrupted run (a seeded server answers as the in-process engine); with
+    none it writes step 2's checkpoint and stops naming the engine and its log, and the same command
+    resumes to that same end."""
+    straight = straight_and_resumed[0]  # (summary, weights, ...) of the uninterrupted run
+    revived = run_distributed(run_killing_a_server, 1, served_medium_config(tmp_path / "revived", players, restarts=2),
+                              "medium", 2, timeout=900)[0]
+    assert revived["summary"]["finished"] and revived["metrics"]["engine/restarts/medium"] == 1.0
+    assert revived["summary"]["elo"] == straight[0]["elo"]
+    assert all(torch.equal(revived["weights"][k], v) for k, v in straight[1].items())
+
+    cfg = served_medium_config(tmp_path / "stopped", players, restarts=0)
+    stopped = run_distributed(run_killing_a_server, 1, cfg, "medium", 2, timeout=900)[0]
+    assert "opponents.medium's vLLM server" in stopped["stopped"] and "engine_logs/medium.log" in stopped["stopped"]
+    assert "a checkpoint of step 2 was written" in stopped["stopped"] and stopped["step"] == 2
+    resumed = run_distributed(run_loop, 1, cfg, timeout=900)[0]
+    assert resumed[0]["finished"] and resumed[0]["elo"] == straight[0]["elo"]
+    assert all(torch.equal(resumed[1][k], v) for k, v in straight[1].items())
+
+
+def test_a_killed_judge_server_is_restarted_and_no_game_is_lost(tmp_path):
+    """The same for the LLM judge on a server the run started: killed with SIGKILL before step 1, it
+    is started again, and every game of every step is still judged."""
+    from megatron_elo.models.tiny import lift_output_tokens, make_tiny_hf_model, make_tiny_tokenizer
+
+    raw = file_prompts_config(tmp_path, references=False)
+    make_tiny_hf_model(_byte_arch(), tmp_path / "judge", seed=5, init_std=0.3)
+    make_tiny_tokenizer(tmp_path / "judge")
+    lift_output_tokens(tmp_path / "judge")
+    raw["judge"] = {"kind": "llm", "model": {"path": str(tmp_path / "judge"), "dtype": "fp32"}, "logprob_verdicts": True,
+                    "engine": {**raw["rollout"]["engine"], "max_model_len": 1024, "launch": "server", "kv_cache_gib": 0.1,
+                               "restarts": 1}}
+    raw.update(data={**raw["data"], "loader": "default"})
+    raw["trainer"]["steps"], raw["checkpoint"] = 2, {"every_steps": 0, "export_hf": False}
+    cfg = validate(config_from_dict(raw))
+    result = run_distributed(run_killing_a_server, 1, cfg, "judge", 1, timeout=900)[0]
+    assert result["summary"]["finished"] and result["metrics"]["engine/restarts/judge"] == 1.0
+    assert result["metrics"]["judge/failed_rate"] == 0.0

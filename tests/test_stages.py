@@ -319,3 +319,60 @@ def test_an_overlong_prompt_neither_crashes_one_rank_nor_hangs_the_others():
     driver, other = run_distributed(draw_on_two_ranks, 2, "error", timeout=120)
     assert driver.startswith("OverlongPrompt: prompt 'long' has 34 tokens")
     assert other.startswith("DriverFailed: rank 1: the driver failed during the prompts: OverlongPrompt: prompt 'long'")
+
+
+def test_request_seeds_give_every_sample_of_a_call_its_own_stream():
+    from megatron_elo.utils.seeds import request_seeds
+
+    keys = [f"p{i}" for i in range(500)] + ["p3", "p3"]  # a prompt drawn three times in one batch
+    seeds = request_seeds(1234, keys, n=8)
+    streams = [s + j for s in seeds for j in range(8)]  # vLLM seeds sample j of a request with seed + j
+    assert len(set(streams)) == len(streams) == 8 * len(keys)
+    assert seeds == request_seeds(1234, keys, n=8) and seeds != request_seeds(1235, keys, n=8)
+    assert request_seeds(1234, keys[:10], n=8) == seeds[:10]  # a request's seed does not depend on later ones
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        request_seeds(0, keys, n=0)
+
+
+class SeedRecordingEngine(FakeEngine):
+    def generate(self, prompts, settings, seeds=None):
+        self.seeds = list(seeds)
+        return super().generate(prompts, settings, seeds)
+
+
+def test_the_samplers_seeds_follow_prompt_ids_not_positions_in_the_batch():
+    """Before: prompt i got seed + i, so with n samples prompt i's sample j shared its stream with
+    prompt i + 1's sample j - 1, and a prompt's answers changed with its position in the batch."""
+    from megatron_elo.parallel.world import World
+    from megatron_elo.players.sampler import PolicySampler
+    from megatron_elo.rollout.engine import SamplingSettings
+    from megatron_elo.tasks.arithmetic import CharTokenizer
+
+    engine = SeedRecordingEngine()
+    sampler = PolicySampler(engine, world=World(rank=0, size=1, driver_group=None, timeout_minutes=1), tokenizer=CharTokenizer())
+    a, b = Prompt(prompt_id="a", text="1+1="), Prompt(prompt_id="b", text="1+1=")
+    settings = SamplingSettings(n=4, seed=99)
+    sampler.respond([a, b], [[1], [1]], settings, player="policy")
+    forward = engine.seeds
+    sampler.respond([b, a], [[1], [1]], settings, player="policy")
+    assert engine.seeds == forward[::-1]
+    assert abs(forward[0] - forward[1]) >= 4  # disjoint [seed, seed + n) blocks
+
+
+def test_prepared_players_made_with_another_split_are_made_again(tmp_path):
+    """A player SFT-trained before the held-out split existed (no sft.json) or under another split
+    must not be reused: it may have trained on the held-out problems."""
+    import json
+
+    from megatron_elo.players.prepare import STAMP, sft_settings, stale_snapshots
+
+    cfg = load_config(TINY)
+    for i, snapshot in enumerate(cfg.prepare.snapshots):
+        snapshot.path = str(tmp_path / f"p{i}")
+        Path(snapshot.path).mkdir()
+        (Path(snapshot.path) / "config.json").write_text("{}")
+        (Path(snapshot.path) / STAMP).write_text(json.dumps(sft_settings(cfg, snapshot.sft_steps)))
+    assert stale_snapshots(cfg) == []
+    (tmp_path / "p0" / STAMP).unlink()
+    cfg.data.synthetic.num_validation = 50
+    assert stale_snapshots(cfg) == [s.path for s in cfg.prepare.snapshots]

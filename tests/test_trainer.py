@@ -3,6 +3,8 @@ hand-checked LR schedule, bit-exact resume, resume under a different DP size."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -627,3 +629,41 @@ def test_bench_trainer_reports_consistent_throughput_and_mfu(tmp_path):
     assert float(mfu.rstrip("%")) == pytest.approx(100 * expected_mfu, rel=0.02, abs=0.05)
     reference_mfu = 32.8e3 * train_flops_per_token(SHAPES["qwen2.5-1.5b"], 2048) / 989e12
     assert 0.30 < reference_mfu < 0.36
+
+
+def trimmed_and_on_policy_steps(rank, world_size, model_dir, batch):
+    """One step three ways from the same weights: every micro-batch at the batch's width with old
+    log-probs from their own pass; each micro-batch trimmed, old log-probs from their own pass; trimmed
+    and on-policy (old log-probs None: the step's forward gives them)."""
+    import dataclasses
+
+    results = {}
+    for name, trim, on_policy in (("padded", False, False), ("trimmed", True, False), ("on_policy", True, True)):
+        trainer = _trainer(model_dir, 1, 1, trim_micro_batches=trim)
+        old = None if on_policy else trainer.compute_logprobs(batch.tokens, mask=batch.response_mask) * batch.response_mask
+        widths = []
+        trainer.model.register_forward_pre_hook(lambda module, args, widths=widths: widths.append(args[0].shape[1]))
+        stats = trainer.train_step(dataclasses.replace(batch, old_logprobs=old))
+        results[name] = {"stats": stats, "old": old, "widths": widths,
+                         "weights": {n: p.detach().clone() for n, p in trainer.model.named_parameters()}}
+    return results
+
+
+def test_trimmed_micro_batches_and_the_skipped_old_log_prob_pass_give_the_same_step(model_dir):
+    batch = make_batch(model_dir, seq=16)
+    mask = batch.response_mask.clone()
+    mask[2:, 9:] = False  # micro-batches 2-4 (of 2 rows) end by column 9, the first runs to 16
+    batch = dataclasses.replace(batch, response_mask=mask, old_logprobs=None, ref_logprobs=batch.ref_logprobs * mask)
+    results = run_distributed(trimmed_and_on_policy_steps, 1, model_dir, batch, timeout=300)[0]
+    padded, trimmed, on_policy = results["padded"], results["trimmed"], results["on_policy"]
+    assert padded["widths"] == [16] * 4
+    assert trimmed["widths"] == on_policy["widths"] == [int(mask[i:i + 2].any(0).nonzero().max()) + 1 for i in (0, 2, 4, 6)]
+    assert max(trimmed["widths"][1:]) <= 9
+    for field in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm"):  # trimming: rounding only
+        assert getattr(trimmed["stats"], field) == pytest.approx(getattr(padded["stats"], field), rel=1e-5, abs=1e-7)
+    for name, weight in padded["weights"].items():  # Adam's first step is ~lr * sign(grad): within 1% of a step
+        torch.testing.assert_close(trimmed["weights"][name], weight, rtol=0, atol=1e-2 * TRAINER.lr)
+    # the skipped pass: bitwise the same step, and the log-probs it used are the separate pass's
+    assert on_policy["stats"] == trimmed["stats"]
+    assert torch.equal(on_policy["stats"].logprobs, trimmed["old"])
+    assert all(torch.equal(on_policy["weights"][n], w) for n, w in trimmed["weights"].items())

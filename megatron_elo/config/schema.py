@@ -58,6 +58,10 @@ class ModelConfig:
                                                "(HF apply_chat_template), e.g. {enable_thinking: false} for Qwen3 models, "
                                                "which think first unless told not to.")
     dtype: Dtype = opt("bf16", "Parameter / compute dtype.")
+    layer_spec: Literal["auto", "local", "te"] = opt(
+        "auto", "The trained policy's megatron-core layers: te = transformer-engine's (fused norm + linear; NGC "
+                "container, cuda), local = megatron-core's own with torch SDPA attention, auto = te on cuda where "
+                "transformer-engine imports. Only the policy is built with megatron-core (opponents, judge: auto).")
     pad_vocab_to_multiple_of: int | None = opt(
         None, "Pad the embedding so vocab is a multiple of this times TP (Megatron's make_vocab_size_divisible_by). "
         "None: vocab must already divide by TP."
@@ -80,7 +84,8 @@ class EngineConfig:
     kv_cache_gib: float | None = opt(None, "Explicit KV-cache size in GiB (vLLM kv_cache_memory_bytes); needed for several "
                                      "engines in one CPU process. None: gpu_memory_utilization decides.")
     max_model_len: int = opt(1024, "Longest prompt + response the engine accepts, in tokens.")
-    enforce_eager: bool = opt(True, "Skip CUDA graph capture (faster start, slower decode).")
+    enforce_eager: bool | None = opt(None, "Skip CUDA graph capture (faster start, slower decode). None: eager on "
+                                           "cluster.device=cpu, CUDA graphs on cuda.")
     launch: Literal["auto", "in_process", "server"] = opt(
         "auto", "Opponents and the judge: in_process = a vLLM engine inside the run's process (single-process runs "
         "only: an in-process engine hangs in a multi-rank world); server = an OpenAI-compatible vLLM server process "
@@ -94,6 +99,8 @@ class EngineConfig:
     startup_timeout_s: float = opt(900.0, "launch=server: seconds a started server has to answer /health.")
     request_timeout_s: float = opt(600.0, "launch=server: seconds per request before it is retried.")
     retries: int = opt(3, "launch=server: retries of a failed request (exponential backoff) before the batch fails.")
+    restarts: int = opt(2, "launch=server, a server the run started: times it is started again when it dies; past "
+                           "them the run writes a checkpoint of the last completed step and stops (rerun to resume).")
 
     @property
     def num_devices(self) -> int:
@@ -142,6 +149,8 @@ class TrainerConfig:
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     grad_clip: float = opt(1.0, "Global grad-norm clip; 0 disables.")
     micro_batch_size: int = opt(1, "Sequences per forward/backward on one DP rank.")
+    trim_micro_batches: bool = opt(True, "Run each micro-batch at its own longest row (the step's right padding cut "
+                                         "off) instead of the step's longest; the loss is the same up to rounding.")
     global_batch_size: int = opt(64, "Sequences per optimizer step (all DP ranks); must divide prompts_per_step * n_per_prompt.")
     clip_low: float = opt(0.2, "PPO ratio clip below: 1 - clip_low.")
     clip_high: float = opt(0.28, "PPO ratio clip above: 1 + clip_high (decoupled, DAPO-style).")
@@ -211,7 +220,8 @@ class JudgeConfig:
     engine: EngineConfig = opt(factory=lambda: EngineConfig(placement="dedicated"), help="LLM judge engine layout.")
     template: str | None = opt(None, "Pairwise judge prompt template file (kind=llm); default: built-in.")
     swap_positions: bool = opt(True, "Judge both orders; a verdict that flips with the order is a tie.")
-    logprob_verdicts: bool = opt(False, "Decide by P(A) vs P(B) of the verdict token instead of parsing text.")
+    logprob_verdicts: bool = opt(False, "Decide by log p(A / B / C) of the token after '[[' (one decoding step, its top "
+                                        "log-probs) instead of generating and parsing a reply.")
     task: Literal["arithmetic"] | None = opt(None, "Verifiable task for kind=programmatic (the addition checker).")
     noise: float = opt(0.0, "Programmatic judge: probability a verdict is replaced by a coin flip.")
     max_new_tokens: int = opt(256, "LLM judge: verdict length cap, tokens (a reply cut there needs a [[verdict]]).")
@@ -259,9 +269,11 @@ class SyntheticDataConfig:
 
     task: Literal["arithmetic"] = opt("arithmetic", "Which task: integer addition (the only one built).")
     num_train: int = opt(2000, "Training prompts.")
-    num_eval: int = opt(200, "Held-out prompts.")
+    num_eval: int = opt(200, "Held-out problems: pairs (a, b) that training and the players' SFT never draw.")
+    num_validation: int = opt(100, "Validation problems (for choosing settings: eval.split=validation), disjoint from "
+                                   "the held-out and the training ones.")
     max_operand: int = opt(20, "Largest operand of the problems.")
-    seed: int = opt(0, "Generation seed.")
+    seed: int = opt(0, "Seed of the split of all (max_operand + 1)^2 problems and of the training draws.")
 
 
 @dataclass(kw_only=True)
@@ -271,7 +283,8 @@ class DataConfig:
     format: Literal["jsonl", "parquet", "synthetic"] = opt("jsonl", "Prompt source: jsonl / parquet files (each read by its "
                                                              "suffix, so they may be mixed) or the synthetic task.")
     train_path: str | None = opt(None, "Training prompts file (jsonl or parquet).")
-    eval_path: str | None = opt(None, "Held-out prompts file.")
+    eval_path: str | None = opt(None, "Held-out prompts file (reported numbers; never for choosing settings).")
+    validation_path: str | None = opt(None, "Validation prompts file: what eval.split=validation evaluates on.")
     prompt_field: str = opt("prompt", "Field holding the prompt text (or chat messages).")
     id_field: str | None = opt("id", "Field holding a unique prompt id; rows without it get a hash of the prompt.")
     reference_field: str | None = opt(None, "Field holding a checkable answer (needed by programmatic judges).")
@@ -289,7 +302,10 @@ class EvalConfig:
     """Periodic held-out evaluation."""
 
     every_steps: int = opt(50, "Evaluate every N steps; 0 disables.")
-    num_prompts: int = opt(200, "Held-out prompts per evaluation.")
+    split: Literal["held_out", "validation"] = opt("held_out", "Which prompts evaluation uses: held_out (the numbers "
+                                                    "to report) or validation (while choosing settings, so the held-out "
+                                                    "numbers stay untuned).")
+    num_prompts: int = opt(200, "Prompts per evaluation (the first ones of the split).")
     opponents: list[str] = opt(factory=list, help="Held-out opponent names (from `opponents`); empty: all.")
     temperature: float = opt(0.0, "0: the greedy policy against each opponent's greedy answer. > 0: samples_per_prompt "
                                   "policy samples at this temperature against one sampled answer per opponent (at the "
@@ -334,7 +350,8 @@ class SnapshotConfig:
 @dataclass(kw_only=True)
 class PrepareConfig:
     """Make tiny players locally before the run (the CPU demo): one model of ``arch`` is trained by SFT
-    on the synthetic task and saved at each snapshot's step count. Existing snapshots are reused."""
+    on the synthetic task's training problems and saved at each snapshot's step count. Snapshots already
+    made with the same settings (their ``sft.json``) are reused; others are made again."""
 
     arch: ArchConfig = opt(factory=ArchConfig, help="Architecture of the prepared players.")
     snapshots: list[SnapshotConfig] = opt(factory=list, help="Snapshots to save (path, SFT steps).")

@@ -60,6 +60,8 @@ def validate(cfg: RunConfig, *, world_size: int | None = None, check_paths: bool
     if check.problems:  # later checks need sane numbers and architectures
         raise ConfigError(check.problems)
     _check_trainer_layout(cfg, check, world_size or trainer_world_size(cfg))
+    _resolve_engine_defaults(cfg)
+    _check_layer_specs(cfg, check)
     _check_engines(cfg, check)
     _check_batches(cfg, check)
     _check_algorithm(cfg, check, check_paths)
@@ -262,6 +264,24 @@ def _engines(cfg: RunConfig) -> list[tuple[str, EngineConfig]]:
     return engines
 
 
+def _check_layer_specs(cfg: RunConfig, check: _Check) -> None:
+    check.need(cfg.model.layer_spec != "te" or cfg.cluster.device == "cuda",
+               "model.layer_spec=te: transformer-engine's layers run on cuda only; use local (or auto) with cluster.device=cpu")
+    others = [(f"opponents.{i}.model", o.model) for i, o in enumerate(cfg.opponents)]
+    others += [("judge.model", cfg.judge.model)] if cfg.judge.model is not None else []
+    for where, model in others:
+        check.need(model.layer_spec == "auto", f"{where}.layer_spec={model.layer_spec}: only the trained policy is built with "
+                                               f"megatron-core layers (frozen players run in vLLM); leave it at auto")
+
+
+def _resolve_engine_defaults(cfg: RunConfig) -> None:
+    """enforce_eager None -> eager on CPU (vLLM's CPU backend has no CUDA graphs), graphs on CUDA."""
+    engines = [engine for _, engine in _engines(cfg)] + ([cfg.judge.engine] if cfg.judge.kind != "llm" else [])
+    for engine in engines:
+        if engine.enforce_eager is None:
+            engine.enforce_eager = cfg.cluster.device == "cpu"
+
+
 def _engine_model(cfg: RunConfig, where: str) -> ModelConfig | None:
     if where == "rollout.engine":
         return cfg.model
@@ -428,16 +448,24 @@ def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
             cfg.judge.kind != "programmatic" or cfg.judge.task == data.synthetic.task,
             f"judge.task={cfg.judge.task!r} must match data.synthetic.task={data.synthetic.task!r}",
         )
+        synthetic = data.synthetic
+        problems = (synthetic.max_operand + 1) ** 2
+        check.need(synthetic.num_eval + synthetic.num_validation < problems,
+                   f"data.synthetic.num_eval={synthetic.num_eval} + num_validation={synthetic.num_validation} leave none "
+                   f"of the {problems} problems (max_operand={synthetic.max_operand}) for training; lower them")
         return
     if not check.need(data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
         return
     check.need(data.eval_path is not None, f"data.eval_path: data.format={data.format} needs held-out prompts for evaluation")
+    check.need(cfg.eval.split != "validation" or data.validation_path is not None,
+               "data.validation_path: eval.split=validation evaluates on a validation file; name it")
     check.need(cfg.judge.kind != "programmatic" or data.reference_field is not None,
                "data.reference_field: judge.kind=programmatic checks answers against a reference; name the field that holds it")
     if data.loader == "dali":
         check.need(importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None,
                    "data.loader=dali: NVIDIA DALI is not installed (pip install nvidia-dali-cuda130, or the [dali] extra)")
-    paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path}
+    paths = {"data.train_path": data.train_path, "data.eval_path": data.eval_path,
+             "data.validation_path": data.validation_path}
     for name, path in paths.items():
         if path is None:
             continue

@@ -26,20 +26,30 @@ log = get_logger(__name__)
 
 
 def load_prompt_sets(cfg: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
-    """(training prompts, held-out prompts) from the synthetic task or the configured files."""
-    data = cfg.data
+    """(training prompts, evaluation prompts of ``eval.split``) from the synthetic task's disjoint
+    splits or the configured files (a file's prompts that also occur in training are warned about)."""
+    data, split = cfg.data, cfg.eval.split
     if data.format == "synthetic":
-        from megatron_elo.tasks.arithmetic import make_prompts
+        from megatron_elo.tasks.arithmetic import make_prompts, split_pairs, split_prompts
 
         synthetic = data.synthetic
-        train = make_prompts(synthetic.num_train, seed=synthetic.seed, max_operand=synthetic.max_operand)
-        held_out = make_prompts(min(cfg.eval.num_prompts, synthetic.num_eval), seed=synthetic.seed,
-                                max_operand=synthetic.max_operand, split="eval")
-        return train, held_out
+        pairs = split_pairs(max_operand=synthetic.max_operand, seed=synthetic.seed, num_eval=synthetic.num_eval,
+                            num_validation=synthetic.num_validation)
+        train = make_prompts(synthetic.num_train, seed=synthetic.seed, pairs=pairs["train"])
+        name = "eval" if split == "held_out" else "validation"
+        return train, split_prompts(name, pairs[name], seed=synthetic.seed, count=cfg.eval.num_prompts)
     from megatron_elo.data.prompts import PromptFields, read_prompts
 
     fields = PromptFields(prompt=data.prompt_field, id=data.id_field, reference=data.reference_field)
-    return read_prompts(data.train_path, fields=fields), read_prompts(data.eval_path, fields=fields)[: cfg.eval.num_prompts]
+    train = read_prompts(data.train_path, fields=fields)
+    path = data.eval_path if split == "held_out" else data.validation_path
+    evaluated = read_prompts(path, fields=fields)[: cfg.eval.num_prompts]
+    seen = {p.text for p in train}
+    overlap = sum(p.text in seen for p in evaluated)
+    if overlap:
+        log.warning("%d of the %d %s prompts (%s) also occur in data.train_path: their win rate is not held out",
+                    overlap, len(evaluated), split, path)
+    return train, evaluated
 
 
 class OverlongPrompt(ValueError):

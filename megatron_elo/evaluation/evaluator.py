@@ -82,14 +82,16 @@ class Evaluator:
                                     temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
                                     stop_token_ids=(tokenizer.eos_id,))
         answers = self.sampler.respond(self.prompts, self.token_ids, settings, player=POLICY)
-        result = self._judge(step, answers) if self.world.is_driver else None
-        return self.world.from_driver(result, waiting_for=f"the driver's evaluation games at step {step}")
+        return self.world.on_driver(lambda: self._judge(step, answers),
+                                    waiting_for=f"the driver's evaluation games at step {step}")
 
     def _judge(self, step: int, policy: list[list[Response]]) -> EvalResult:
         """policy: [prompts][samples] answers -> win rate over every (prompt, sample, opponent) game."""
         greedy = self.config.temperature == 0
         requests = {name: self.prompts for name in self.opponent_names}
-        answers = dict(self.opponents.answers_as_completed(requests, greedy=greedy, seed=self.config.seed))
+        # a seed of evaluation's own: never the answers the policy trained against, whatever eval.seed is
+        answers = dict(self.opponents.answers_as_completed(requests, greedy=greedy,
+                                                           seed=stable_seed(self.config.seed, "eval", "opponents")))
         total_wins, total_games, per_opponent = 0.0, 0, {}
         rng = np.random.default_rng(0)
         for name in self.opponent_names:

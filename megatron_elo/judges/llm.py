@@ -24,6 +24,7 @@ several at once; the verdicts are those of one big batch (greedy decoding, no ra
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ from megatron_elo.judges.verdicts import (  # noqa: F401  (re-exported: the judg
     parse_verdict,
     read_reply,
 )
+from megatron_elo.rollout.served import EngineDown
 from megatron_elo.utils.seeds import stable_seed
 
 
@@ -125,8 +127,10 @@ class LLMJudge:
         return sorted(verdicts, key=lambda v: v.game_id)
 
     def metrics(self) -> dict[str, float]:
-        """Invalid, failed, overlong and order-flip rates over every game judged so far."""
-        return self.stats.as_metrics()
+        """Invalid, failed, overlong and order-flip rates over every game judged so far (and the
+        restarts of its served engine, ``engine/restarts/judge``)."""
+        restarts = getattr(getattr(self.backend, "engine", None), "restarts", None)
+        return self.stats.as_metrics() | ({"engine/restarts/judge": float(restarts)} if restarts is not None else {})
 
     def close(self) -> None:
         """Stop the judge's engine (its server, when it started one)."""
@@ -188,9 +192,11 @@ class LLMJudge:
         if self.logprob_verdicts:
             out = []
             for row in self.backend.choice_logprobs(prompts, list(LOGPROB_CHOICES)):
-                best = list(LOGPROB_CHOICES)[int(np.argmax(row))]
-                out.append(_Read(LOGPROB_CHOICES[best], "logp " + " ".join(f"{c}={v:.3f}" for c, v in zip(LOGPROB_CHOICES, row,
-                                                                                                         strict=True))))
+                text = "logp " + " ".join(f"{c}={v:.3f}" for c, v in zip(LOGPROB_CHOICES, row, strict=True))
+                if max(row) == -math.inf:  # no verdict letter among the likeliest next tokens: no verdict
+                    out.append(_Read(None, text + " (no verdict letter among the judge's likeliest next tokens)"))
+                    continue
+                out.append(_Read(LOGPROB_CHOICES[list(LOGPROB_CHOICES)[int(np.argmax(row))]], text))
             return out
         reads = []
         for reply in self.backend.complete(prompts, max_new_tokens=self.max_new_tokens):
@@ -210,6 +216,8 @@ class LLMJudge:
         try:
             reads = self._reads(prompts) if prompts else []
         except Exception as err:  # a judge failure never crashes a run: drop these games, say why
+            if isinstance(err, EngineDown):  # ... unless its engine is gone for good: the run checkpoints and stops
+                raise
             reason = f"judge failed: {type(err).__name__}: {err}"[:300]
             with self._stats_lock:
                 self.stats.games += len(games)
@@ -286,7 +294,21 @@ class EngineJudgeBackend:
         return replies
 
     def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
-        """Scores prompt + choice for every pair in one engine call; sums the choice tokens' log-probs."""
+        """log p(choice's first token | prompt) from one generated token's top log-probs (one decoding
+        step per prompt); a choice outside the top ``TOP_LOGPROBS`` is -inf, below every one in it, so
+        the likeliest choice is still the likeliest. Choices must differ in their first token."""
+        from megatron_elo.rollout.engine import TOP_LOGPROBS
+
+        first = [self._encode(c)[0] for c in choices]
+        if len(set(first)) < len(first):
+            raise ValueError(f"judge choices {list(choices)} share a first token in this tokenizer: one-token verdicts "
+                             f"cannot tell them apart")
+        top = self.engine.next_token_logprobs([self._encode(p) for p in prompts], top=TOP_LOGPROBS)
+        return [[alternatives.get(token, -math.inf) for token in first] for alternatives in top]
+
+    def scored_choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
+        """``choice_logprobs`` the long way (``bench judge`` compares): prompt + choice scored as one
+        sequence per (prompt, choice), prompt log-probs over all of it; sums the choice tokens'."""
         encoded = [self._encode(p) for p in prompts]
         choice_ids = [self._encode(c) for c in choices]
         sequences = [prompt + ids for prompt in encoded for ids in choice_ids]
@@ -312,7 +334,7 @@ def build_llm_judge(config, *, seed: int, cluster=None, world_size: int = 1, log
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(config.model.path)
     engine = open_engine(config.model, config.engine, cluster=cluster or ClusterConfig(device="cpu"), seed=seed,
-                         world_size=world_size, log_path=Path(log_dir) / "judge.log" if log_dir else None)
+                         world_size=world_size, log_path=Path(log_dir) / "judge.log" if log_dir else None, name="judge")
     return LLMJudge(backend=EngineJudgeBackend(engine, tokenizer), tokenizer=tokenizer, template=load_template(config.template),
                     swap_positions=config.swap_positions, logprob_verdicts=config.logprob_verdicts,
                     max_new_tokens=config.max_new_tokens, template_kwargs=config.model.chat_template_kwargs, seed=seed,

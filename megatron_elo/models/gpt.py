@@ -1,9 +1,11 @@
 """The policy / reference model: a megatron-core GPTModel built from an ``ArchConfig``.
 
-Layer spec: transformer-engine's when it imports and the model is on CUDA (NGC container), else
-megatron-core's local spec with core attention replaced by ``SDPAttention`` (torch SDPA: flash /
-memory-efficient kernels on GPU, the math kernel on CPU). How the model is parallelised comes only
-from the ``ProcessGroups`` passed in.
+Layer spec (``model.layer_spec``): ``te`` is megatron-core's transformer-engine spec (NGC container;
+its linears carry the pre-norms, see ``hf_mapping``), ``local`` megatron-core's local spec with core
+attention replaced by ``SDPAttention`` (torch SDPA: flash / memory-efficient kernels on GPU, the math
+kernel on CPU), ``auto`` the TE spec where transformer-engine imports and the model is on CUDA.
+Weights travel under local-spec names (``load_full_state`` renames them for a TE model). How the
+model is parallelised comes only from the ``ProcessGroups`` passed in.
 """
 
 from __future__ import annotations
@@ -88,17 +90,37 @@ def layer_spec(arch: ArchConfig, *, use_transformer_engine: bool):
     return spec
 
 
+def resolve_layer_spec(setting: str, *, device: str) -> str:
+    """``model.layer_spec`` -> "te" or "local" (auto: te on CUDA where transformer-engine imports);
+    te where it cannot run raises naming the setting."""
+    if setting == "auto":
+        return "te" if device == "cuda" and transformer_engine_available() else "local"
+    if setting == "te" and (device != "cuda" or not transformer_engine_available()):
+        raise RuntimeError("model.layer_spec=te needs transformer-engine (the NGC container) and cluster.device=cuda; "
+                           "use layer_spec=local or auto here")
+    if setting not in ("te", "local"):
+        raise ValueError(f"model.layer_spec={setting!r}: one of auto, local, te")
+    return setting
+
+
+def model_layer_spec(model) -> str:
+    """"te" when ``model``'s layers carry their pre-norms in the linears (TE spec), else "local"."""
+    return "te" if any(".linear_qkv.layer_norm_" in name for name, _ in model.named_parameters()) else "local"
+
+
 def build_gpt_model(arch: ArchConfig, groups: ProcessGroups, *, padded_vocab: int, dtype: str = "fp32",
-                    device: str = "cpu", sequence_parallel: bool = False):
+                    device: str = "cpu", sequence_parallel: bool = False, spec: str = "auto", layers=None):
     """This rank's shard of the model (its TP slice of its PP stage), uninitialised: load weights
-    with ``model.load_state_dict(shard_for_rank(...))``."""
+    with ``load_full_state``. spec: ``model.layer_spec``; layers: a megatron-core layer ModuleSpec
+    to use instead (tests build the TE spec's module tree with stand-in modules)."""
     from megatron.core.models.gpt import GPTModel
 
     layout = groups.layout
-    use_te = device == "cuda" and transformer_engine_available()
+    if layers is None:
+        layers = layer_spec(arch, use_transformer_engine=resolve_layer_spec(spec, device=device) == "te")
     config = transformer_config(arch, tp=layout.tp, pp=layout.pp, dtype=dtype, sequence_parallel=sequence_parallel)
     model = GPTModel(
-        config, layer_spec(arch, use_transformer_engine=use_te), vocab_size=padded_vocab,
+        config, layers, vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings, pre_process=groups.is_first_stage,
         post_process=groups.is_last_stage, parallel_output=True,
         share_embeddings_and_output_weights=arch.tie_word_embeddings, position_embedding_type="rope",
@@ -129,12 +151,14 @@ def _keep_rope_on_cpu(model) -> None:
 
 
 def load_full_state(model, full_state, arch: ArchConfig, groups: ProcessGroups) -> None:
-    """Load this rank's slice of a full (TP = PP = 1) Megatron state dict into ``model``; every
-    weight must be present (megatron's ``_extra_state`` entries excepted)."""
-    from megatron_elo.models.hf_mapping import shard_for_rank
+    """Load this rank's slice of a full (TP = PP = 1) Megatron state dict (local-spec names, or the
+    model's own) into ``model``; every weight must be present (``_extra_state`` entries excepted)."""
+    from megatron_elo.models.hf_mapping import shard_for_rank, to_layer_spec, to_local
 
     c, layout = groups.coords, groups.layout
     shard = shard_for_rank(full_state, arch, tp_rank=c.tp_rank, tp=layout.tp, pp_rank=c.pp_rank, pp=layout.pp)
+    spec = model_layer_spec(model)
+    shard = {to_layer_spec(to_local(name), spec): value for name, value in shard.items()}
     missing, unexpected = model.load_state_dict(shard, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:

@@ -11,6 +11,13 @@ Pure tensor code (no process groups, no Megatron imports), one table row per wei
     norms (input, post-attention, q/k, final) *_layernorm.weight                             replicated
     lm_head.weight                            output_layer.weight                            vocab rows (padded)
 
+Names are the local layer spec's. The transformer-engine spec fuses the two pre-norms into the
+linear after them (TE's LayerNormLinear keeps the norm as ``layer_norm_weight``): ``input_layernorm.``
+is ``self_attention.linear_qkv.layer_norm_`` there and ``pre_mlp_layernorm.`` is
+``mlp.linear_fc1.layer_norm_``, the renaming megatron-core's local spec itself declares
+(``sharded_state_dict_keys_map``). ``to_layer_spec`` / ``to_local`` translate; every lookup here
+takes either spec's names.
+
 Megatron's fused QKV weight stacks, for each query group g: the group's query heads, then its key
 head, then its value head ([ng * (heads_per_group + 2) * head_dim, H]); TP rank r holds the
 contiguous groups r*ng/tp .. (r+1)*ng/tp - 1. linear_fc1 on rank r is [gate_r; up_r].
@@ -66,6 +73,33 @@ RULES: tuple[WeightRule, ...] = (
 )
 
 
+LAYER_SPECS = ("local", "te")
+TE_FUSED_NORMS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                  "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}  # local spec prefix -> TE spec prefix
+
+
+def to_layer_spec(name: str, layer_spec: str) -> str:
+    """A local-spec Megatron name as ``layer_spec`` ("local" or "te") names the same weight."""
+    if layer_spec == "te":
+        for local, fused in TE_FUSED_NORMS.items():
+            match = _LAYER_INDEX.match(name)
+            if match and name[match.end():].startswith(local):
+                return name[:match.end()] + fused + name[match.end() + len(local):]
+    elif layer_spec != "local":
+        raise ValueError(f"unknown layer spec {layer_spec!r}; one of {LAYER_SPECS}")
+    return name
+
+
+def to_local(name: str) -> str:
+    """Inverse of ``to_layer_spec``: either spec's Megatron name as the local spec names it."""
+    match = _LAYER_INDEX.match(name)
+    if match:
+        for local, fused in TE_FUSED_NORMS.items():
+            if name[match.end():].startswith(fused):
+                return name[:match.end()] + local + name[match.end() + len(fused):]
+    return name
+
+
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int | None) -> int:
     """Megatron's padding: the smallest multiple of ``multiple * tp`` >= vocab (no padding: None)."""
     if multiple is None:
@@ -113,8 +147,10 @@ def _split_qkv(qkv: torch.Tensor, arch: ArchConfig) -> tuple[torch.Tensor, torch
     return q.reshape(-1, *tail), k.reshape(-1, *tail), v.reshape(-1, *tail)
 
 
-def hf_to_megatron(hf_state: Mapping[str, torch.Tensor], arch: ArchConfig, *, padded_vocab: int | None = None) -> dict[str, torch.Tensor]:
-    """Full HF state dict -> full Megatron state dict (TP = PP = 1 layout, global layer indices).
+def hf_to_megatron(hf_state: Mapping[str, torch.Tensor], arch: ArchConfig, *, padded_vocab: int | None = None,
+                   layer_spec: str = "local") -> dict[str, torch.Tensor]:
+    """Full HF state dict -> full Megatron state dict (TP = PP = 1 layout, global layer indices), named
+    as ``layer_spec`` names them.
 
     Embedding / output rows are zero-padded to ``padded_vocab``. Raises KeyError naming a missing
     HF weight.
@@ -134,7 +170,7 @@ def hf_to_megatron(hf_state: Mapping[str, torch.Tensor], arch: ArchConfig, *, pa
                 value = tensors[0]
             if rule.tp_rule == VOCAB and padded_vocab is not None and padded_vocab > value.shape[0]:
                 value = torch.cat([value, value.new_zeros(padded_vocab - value.shape[0], *value.shape[1:])])
-            out[megatron_name] = value.clone()
+            out[to_layer_spec(megatron_name, layer_spec)] = value.clone()
     return out
 
 
@@ -142,6 +178,7 @@ def megatron_weight_to_hf(name: str, value: torch.Tensor, arch: ArchConfig) -> l
     """One full Megatron weight (global layer index) -> its HF tensor(s); [] for the tied output copy."""
     if arch.tie_word_embeddings and name == "output_layer.weight":
         return []
+    name = to_local(name)
     match = _LAYER_INDEX.match(name)
     generic = _LAYER_INDEX.sub(LAYER, name)
     rule = next((r for r in _rules_for(arch) if r.megatron == generic), None)
@@ -173,8 +210,9 @@ def megatron_to_hf(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> dict[
 
 
 def tp_rule(megatron_name: str) -> str:
-    """How Megatron weight ``megatron_name`` is split over TP: replicated, vocab, qkv, column, row or gate_up."""
-    generic = _LAYER_INDEX.sub(LAYER, megatron_name)
+    """How Megatron weight ``megatron_name`` (either spec's name) is split over TP: replicated, vocab,
+    qkv, column, row or gate_up."""
+    generic = _LAYER_INDEX.sub(LAYER, to_local(megatron_name))
     for rule in RULES:
         if rule.megatron == generic:
             return rule.tp_rule

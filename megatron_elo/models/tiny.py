@@ -54,3 +54,17 @@ def make_tiny_tokenizer(out_dir: str | Path) -> Path:
                                                 chat_template=CHAT_TEMPLATE)
     fast.save_pretrained(str(out_dir))
     return Path(out_dir)
+
+
+def lift_output_tokens(model_dir: str | Path, texts: tuple[str, ...] = ("A", "B", "C"), *, factor: float = 3.0) -> None:
+    """Scale the output-embedding rows of each text's first token by ``factor`` in the checkpoint at
+    ``model_dir`` (its own tokenizer): a random tiny judge then often puts a verdict letter among its
+    likeliest next tokens, as a real judge does after "[[" (one-token log-prob verdicts read the top ones)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    with torch.no_grad():
+        for text in texts:
+            model.get_output_embeddings().weight[tokenizer.encode(text, add_special_tokens=False)[0]] *= factor
+    model.save_pretrained(str(model_dir), safe_serialization=True)

@@ -28,14 +28,19 @@ class DriverTimeout(RuntimeError):
 
 
 class DriverFailed(RuntimeError):
-    """The driver's part of a phase raised; the other ranks stop with this, naming its error."""
+    """The driver's part of a phase raised; the other ranks stop with this, naming its error (``kind``:
+    the driver's exception's class name)."""
+
+    def __init__(self, message: str, *, kind: str = ""):
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Failure:
     """What the driver broadcasts instead of a result when its part raised."""
 
-    def __init__(self, message: str):
-        self.message = message
+    def __init__(self, message: str, kind: str = ""):
+        self.message, self.kind = message, kind
 
 
 class World:
@@ -86,12 +91,12 @@ class World:
         if not self.is_driver:
             got = self.from_driver(None, waiting_for=waiting_for)
             if isinstance(got, _Failure):
-                raise DriverFailed(f"rank {self.rank}: the driver failed during {waiting_for}: {got.message}")
+                raise DriverFailed(f"rank {self.rank}: the driver failed during {waiting_for}: {got.message}", kind=got.kind)
             return got
         try:
             result = work()
         except Exception as err:
-            self.from_driver(_Failure(f"{type(err).__name__}: {err}"), waiting_for=waiting_for)
+            self.from_driver(_Failure(f"{type(err).__name__}: {err}", type(err).__name__), waiting_for=waiting_for)
             raise
         self.from_driver(result if share is None else share(result), waiting_for=waiting_for)
         return result

@@ -90,7 +90,7 @@ class FrozenPlayers:
 
         def opener(o: OpponentConfig):
             return lambda: open_engine(o.model, o.engine, cluster=cfg.cluster, seed=cfg.seed, world_size=world_size,
-                                       log_path=log_dir / f"{o.name}.log")
+                                       log_path=log_dir / f"{o.name}.log", name=f"opponents.{o.name}")
 
         return cls({o.name: FrozenPlayer(o, tokenizer=player_tokenizer(cfg.data, o.model), store=store, run_seed=cfg.seed,
                                          open_engine=opener(o), served=launches_server(o.engine, world_size=world_size))
@@ -118,6 +118,11 @@ class FrozenPlayers:
                 yield name, self.answers(name, requests[name], greedy=greedy, seed=seed)
             for future in as_completed(futures):
                 yield futures[future], future.result()
+
+    def metrics(self) -> dict[str, float]:
+        """``engine/restarts/<name>``: how often each served opponent's server was started again after dying."""
+        return {f"engine/restarts/{name}": float(getattr(player.engine, "restarts", 0))
+                for name, player in self.players.items() if player.served}
 
     def close(self) -> None:
         """Stop every engine started."""

@@ -6,8 +6,9 @@
 
 In a world every rank holds one engine shard (engine TP x DP spans the world); each engine replica
 (engine DP rank) generates the prompts i with i % replicas == replica, its TP ranks together, and the
-samples are gathered to every rank. Prompt i's seed is ``settings.seed + i`` whatever the layout, so
-results do not depend on it.
+samples are gathered to every rank. Each request's seed is computed on every rank from the whole
+batch (``respond``: from ``settings.seed`` and the prompt ids, with disjoint n-sample streams), so
+results do not depend on the layout and no two samples of a call share a random stream.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch.distributed as dist
 from megatron_elo.data.tokenizer import PromptTokenizer
 from megatron_elo.flow import Prompt, Response
 from megatron_elo.parallel.world import World
-from megatron_elo.rollout.engine import RolloutEngine, Sample, SamplingSettings
+from megatron_elo.rollout.engine import RolloutEngine, Sample, SamplingSettings, default_seeds
+from megatron_elo.utils.seeds import request_seeds
 
 
 class PolicySampler:
@@ -28,9 +30,11 @@ class PolicySampler:
     def __init__(self, engine: RolloutEngine, *, world: World, tokenizer: PromptTokenizer):
         self.engine, self.world, self.tokenizer = engine, world, tokenizer
 
-    def generate(self, token_ids: Sequence[Sequence[int]], settings: SamplingSettings) -> list[list[Sample]]:
-        """``settings.n`` samples of every prompt (token ids), in prompt order, on every rank."""
-        seeds = [None if settings.seed is None else settings.seed + i for i in range(len(token_ids))]
+    def generate(self, token_ids: Sequence[Sequence[int]], settings: SamplingSettings,
+                 seeds: Sequence[int | None] | None = None) -> list[list[Sample]]:
+        """``settings.n`` samples of every prompt (token ids), in prompt order, on every rank; seeds:
+        one per prompt (default: by index, ``default_seeds``)."""
+        seeds = default_seeds(settings, len(token_ids)) if seeds is None else list(seeds)
         if self.world.size == 1:
             return self.engine.generate(token_ids, settings, seeds)
         engine_tp, replicas = self.engine.config.tp, self.engine.config.dp
@@ -54,8 +58,10 @@ class PolicySampler:
 
     def respond(self, prompts: Sequence[Prompt], token_ids: Sequence[Sequence[int]], settings: SamplingSettings, *,
                 player: str) -> list[list[Response]]:
-        """[P][n] decoded answers of ``player`` (token ids, sampler log-probs and finish reason kept)."""
-        groups = self.generate(token_ids, settings)
+        """[P][n] decoded answers of ``player`` (token ids, sampler log-probs and finish reason kept);
+        prompt p's samples are seeded from (``settings.seed``, p's id), whatever else shares the call."""
+        seeds = None if settings.seed is None else request_seeds(settings.seed, [p.prompt_id for p in prompts], settings.n)
+        groups = self.generate(token_ids, settings, seeds)
         return [[Response(player=player, prompt_id=p.prompt_id, sample_index=j, text=self.tokenizer.decode(s.token_ids),
                           token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
                  for j, s in enumerate(group)] for p, group in zip(prompts, groups, strict=True)]

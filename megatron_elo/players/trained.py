@@ -2,12 +2,15 @@
 
     player = TrainedPlayer.build(cfg, world, name="policy", loss="grpo")
     rollouts = player.rollouts(batch, step)                 # [P][n] Response (every rank)
-    prepared = player.prepare(batch, rollouts)              # sequences + old (and reference) log-probs
-    stats = player.train(prepared, advantages)              # one StepStats per optimizer step
+    prepared = player.prepare(batch, rollouts, on_policy=True)   # sequences + old (and reference) log-probs
+    stats, gap = player.train(prepared, advantages, step=step)   # one StepStats per optimizer step; sampler gap
     player.sync_weights()                                   # Megatron shards -> the engine's layout
 
-The engine is colocated: one shard per trainer rank, released (GPU sleep mode) while the trainer
-updates. Several trained players (SPARTA) are several of these, time-sharing the ranks.
+One on-policy optimizer step per rollout batch needs no separate old-log-prob pass (the update's own
+forward gives them, detached: the same loss); several steps, or an update one step behind
+(``rollout.overlap_judging``), compute them before any update. The engine is colocated: one shard
+per trainer rank, released (GPU sleep mode) while the trainer updates. Several trained players
+(SPARTA) are several of these, time-sharing the ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from megatron_elo.players.sync_check import SamplerGap, StaleEngineWeights
 from megatron_elo.rollout.engine import RolloutEngine, SamplingSettings
 from megatron_elo.trainer.step import PolicyTrainer, StepStats, TrainBatch
 from megatron_elo.utils.logging import get_logger
+from megatron_elo.utils.seeds import stable_seed
 
 log = get_logger(__name__)
 
@@ -32,12 +36,16 @@ log = get_logger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class PreparedRollouts:
     """A step's sequences, cut into this DP rank's share of each optimizer step, with the log-probs the
-    sampler's weights give them (computed before any update, so the first update is on-policy)."""
+    sampler's weights give them (computed before any update, so the first update is on-policy), or
+    none when the step is one on-policy update (the update's own forward gives them)."""
 
     batches: tuple[TrainBatch, ...]  # advantages still zero: ``TrainedPlayer.train`` fills them in
     rows: tuple[slice, ...]  # each batch's rows in the step's [P * n] sequences
     response_tokens: float  # response tokens over the whole step (all DP ranks)
-    sampler_gap: SamplerGap  # trainer vs engine log-probs of the sampled tokens, over every rank
+    # trainer vs engine log-probs of the sampled tokens, over every rank; None: measured by ``train``
+    sampler_gap: SamplerGap | None
+    sampler_logprobs: torch.Tensor  # [P * n, S] the engine's log-probs of its samples (0 off the responses)
+    replica_of_row: torch.Tensor  # [P * n] the engine replica that sampled each row
 
 
 def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -> PolicyTrainer:
@@ -49,7 +57,8 @@ def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -
     return build_policy_trainer(cfg.model.path, ParallelLayout.from_config(cfg), cfg.trainer, total_steps=cfg.trainer.steps,
                                 dtype=cfg.trainer.precision, device=cfg.cluster.device,
                                 pad_vocab_to_multiple_of=cfg.model.pad_vocab_to_multiple_of, frozen=frozen,
-                                data_parallel=DataParallelOptions.from_config(cfg.parallel), loss=loss)
+                                data_parallel=DataParallelOptions.from_config(cfg.parallel), loss=loss,
+                                layer_spec=cfg.model.layer_spec)
 
 
 class TrainedPlayer:
@@ -76,10 +85,10 @@ class TrainedPlayer:
     # ------------------------------------------------------------ sampling
 
     def rollouts(self, batch: PromptBatch, step: int) -> list[list[Response]]:
-        """n samples of every prompt at the rollout settings, seeded by (run seed, step, prompt index)."""
+        """n samples of every prompt at the rollout settings, seeded by (run seed, step, prompt id)."""
         r = self.cfg.rollout
         settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    top_k=r.top_k, seed=self.cfg.seed * 1_000_003 + step * 10_007,
+                                    top_k=r.top_k, seed=stable_seed(self.cfg.seed, self.name, "rollout", step),
                                     stop_token_ids=(self.tokenizer.eos_id,))
         return self.sampler.respond(batch.prompts, batch.token_ids, settings, player=self.name)
 
@@ -119,46 +128,63 @@ class TrainedPlayer:
     def _logprobs(self, model: PolicyTrainer, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, S] log-probs of the response tokens under ``model``'s current weights (0 elsewhere, and on
         pipeline stages before the last, which compute no loss)."""
-        logprobs = model.compute_logprobs(tokens)
+        logprobs = model.compute_logprobs(tokens, mask=mask)
         return (logprobs if logprobs is not None else torch.zeros(tokens.shape)) * mask
 
-    def prepare(self, batch: PromptBatch, rollouts: list[list[Response]]) -> PreparedRollouts:
+    def prepare(self, batch: PromptBatch, rollouts: list[list[Response]], *, on_policy: bool = False) -> PreparedRollouts:
         """One TrainBatch per optimizer step (``global_batch_size`` consecutive sequences): this DP rank's
-        contiguous share of it, with old (and reference) log-probs under the current weights."""
+        contiguous share of it, with old (and reference) log-probs under the current weights.
+        ``on_policy``: the update follows with these weights; when it is one optimizer step, its old
+        log-probs are the step's own forward's and their separate pass is skipped (the same loss)."""
         tokens, mask, sampler = self.sequences(batch, rollouts)
         size = self.cfg.trainer.global_batch_size
         share = size // self.trainer.groups.layout.dp
         first = self.trainer.groups.coords.dp_rank * share  # this rank's offset inside each step's sequences
         replicas = self.cfg.rollout.engine.dp
         replica_of_row = (torch.arange(len(tokens)) // self.cfg.rollout.n_per_prompt) % replicas  # who sampled each row
+        skip_old = on_policy and len(tokens) <= size
         batches, rows, gap = [], [], SamplerGap.empty(replicas)
         for start in range(0, len(tokens), size):
             mine = slice(start + first, start + first + share)
             part_tokens, part_mask = tokens[mine], mask[mine]
             reference = self._logprobs(self.reference, part_tokens, part_mask) if self.reference is not None else None
-            old = self._logprobs(self.trainer, part_tokens, part_mask)
+            old = None if skip_old else self._logprobs(self.trainer, part_tokens, part_mask)
             batches.append(TrainBatch(tokens=part_tokens, response_mask=part_mask, advantages=torch.zeros(len(part_tokens)),
                                       old_logprobs=old, ref_logprobs=reference))
             rows.append(mine)
-            if self.trainer.groups.is_last_stage:  # earlier pipeline stages compute no log-probs
+            if old is not None and self.trainer.groups.is_last_stage:  # earlier pipeline stages compute no log-probs
                 gap = gap.plus(SamplerGap.measure(old, sampler[mine], part_mask, replica_of_row[mine], replicas=replicas))
         return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()),
-                                sampler_gap=gap.reduced(self.trainer.device))
+                                sampler_gap=None if skip_old else gap.reduced(self.trainer.device),
+                                sampler_logprobs=sampler, replica_of_row=replica_of_row)
 
-    def check_sampler_gap(self, prepared: PreparedRollouts, step: int) -> None:
+    def check_sampler_gap(self, gap: SamplerGap, step: int) -> None:
         """Warn, or stop (``rollout.stale_weights_action``), when the engine sampled step ``step``'s batch
-        with weights the trainer does not hold: mean log-prob gap over ``rollout.stale_weights_threshold``."""
-        mean, threshold = prepared.sampler_gap.mean, self.cfg.rollout.stale_weights_threshold
+        with weights the trainer does not hold: mean log-prob ``gap`` over ``rollout.stale_weights_threshold``."""
+        mean, threshold = gap.mean, self.cfg.rollout.stale_weights_threshold
         if mean <= threshold:
             return
         message = (f"step {step}: the engine's log-probs of its own samples differ from the trainer's by {mean:.4g} nats "
-                   f"on average (max {prepared.sampler_gap.largest:.4g}), over rollout.stale_weights_threshold={threshold:g}: "
+                   f"on average (max {gap.largest:.4g}), over rollout.stale_weights_threshold={threshold:g}: "
                    f"the engine is sampling with other weights than the trainer's (a failed or skipped weight sync?)")
         if self.cfg.rollout.stale_weights_action == "stop":
             raise StaleEngineWeights(message)
         log.warning("%s", message)
 
-    def train(self, prepared: PreparedRollouts, advantages: torch.Tensor) -> list[StepStats]:
-        """One optimizer step per prepared batch; ``advantages``: [P * n], one per sequence of the step."""
-        return [self.trainer.train_step(replace(part, advantages=advantages[rows]))
-                for part, rows in zip(prepared.batches, prepared.rows, strict=True)]
+    def train(self, prepared: PreparedRollouts, advantages: torch.Tensor, *,
+              step: int | None = None) -> tuple[list[StepStats], SamplerGap]:
+        """One optimizer step per prepared batch; ``advantages``: [P * n], one per sequence of the step.
+        Returns the steps' statistics and the sampler gap (checked here when ``prepare`` left it to the
+        update's forward pass)."""
+        stats = [self.trainer.train_step(replace(part, advantages=advantages[rows]))
+                 for part, rows in zip(prepared.batches, prepared.rows, strict=True)]
+        if prepared.sampler_gap is not None:
+            return stats, prepared.sampler_gap
+        replicas, gap = self.cfg.rollout.engine.dp, SamplerGap.empty(self.cfg.rollout.engine.dp)
+        for part, rows, done in zip(prepared.batches, prepared.rows, stats, strict=True):
+            if done.logprobs is not None:  # the last pipeline stage
+                gap = gap.plus(SamplerGap.measure(done.logprobs.cpu(), prepared.sampler_logprobs[rows], part.response_mask,
+                                                  prepared.replica_of_row[rows], replicas=replicas))
+        gap = gap.reduced(self.trainer.device)
+        self.check_sampler_gap(gap, step)
+        return stats, gap

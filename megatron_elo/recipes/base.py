@@ -48,6 +48,11 @@ class Recipe(Protocol):
         """Bring engines up to the restored weights (collective)."""
         ...
 
+    def undo_partial_step(self) -> None:
+        """Put back what a step that failed before its update had taken (the prompts it drew), so that
+        a checkpoint written now resumes with that same step."""
+        ...
+
     def ratings(self) -> dict[str, float]:
         """Current Elo ratings, the trained player first ({} when the method keeps none)."""
         ...

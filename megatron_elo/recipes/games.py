@@ -9,7 +9,8 @@ One step, every rank (the driver alone plays the games):
     answers   = opponents' answers, asked concurrently          (driver: answer store, then engines)
     verdicts  = judge(games), each opponent's games sent as soon as its answers exist
     outcomes  = rewards per sample -> signal = group advantages (broadcast to every rank)
-    stats     = policy.train(prepared rollouts, advantages)     (old log-probs under the sampler's weights)
+    stats     = policy.train(prepared rollouts, advantages)     (old log-probs under the sampler's weights: one
+                                                                on-policy update takes them from its own forward)
     policy.sync_weights(); pool.update(outcomes)                (Elo, driver)
 
 ``rollout.overlap_judging``: step t's answers and verdicts are made in a driver thread while the
@@ -34,6 +35,7 @@ from megatron_elo.evaluation.evaluator import build_evaluator
 from megatron_elo.flow import POLICY, Game, GroupSignal, Played, PromptBatch, Response, StepRecord
 from megatron_elo.matchmaking.games import make_games, opponent_requests
 from megatron_elo.matchmaking.matchmakers import Matchmaker, update_ratings
+from megatron_elo.players.sync_check import SamplerGap
 from megatron_elo.players.trained import PreparedRollouts, TrainedPlayer
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.grpo import GroupAdvantages
@@ -124,13 +126,14 @@ class GamesRecipe:
         played, signal = self.world.on_driver(lambda: self._play_and_score(batch, rollouts, step, timings),
                                               waiting_for=f"the driver's games of step {step}", share=_signal_only)
         with timed(timings, "train"):
-            prepared = self.policy.prepare(batch, rollouts)
-            self.policy.check_sampler_gap(prepared, step)
-            stats = self.policy.train(prepared, signal.advantages)
+            prepared = self.policy.prepare(batch, rollouts, on_policy=True)
+            if prepared.sampler_gap is not None:
+                self.policy.check_sampler_gap(prepared.sampler_gap, step)
+            stats, gap = self.policy.train(prepared, signal.advantages, step=step)
         with timed(timings, "sync"):
             self.policy.wake_up()
             self.policy.sync_weights()
-        return self._record(step, stats, prepared, timings, played, signal, tokens=prepared.response_tokens)
+        return self._record(step, stats, gap, timings, played, signal, tokens=prepared.response_tokens)
 
     def _overlapped_step(self, step: int) -> StepRecord:
         """Judge this step's batch in a driver thread while the previous batch trains (module docstring)."""
@@ -140,7 +143,7 @@ class GamesRecipe:
             batch = self._next_batch(step)
             rollouts = self.policy.rollouts(batch, step)
             prepared = self.policy.prepare(batch, rollouts)  # old log-probs now: the weights that sampled them
-            self.policy.check_sampler_gap(prepared, step)
+            self.policy.check_sampler_gap(prepared.sampler_gap, step)
             if previous is not None:
                 self.policy.sleep()  # woken by _train_and_sync
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="games") as background:
@@ -154,11 +157,11 @@ class GamesRecipe:
             self.policy.sleep()
             last_stats, last_tokens = self._train_and_sync(self.pending.update, timings)
             stats, tokens, self.pending.update = stats + last_stats, tokens + last_tokens, None
-        return self._record(step, stats, prepared, timings, played, signal, tokens=tokens)
+        return self._record(step, stats, prepared.sampler_gap, timings, played, signal, tokens=tokens)
 
     def _train_and_sync(self, update: PendingUpdate, timings: dict[str, float]) -> tuple[list[StepStats], float]:
         with timed(timings, "train"):
-            stats = self.policy.train(update.prepared, update.advantages)
+            stats, _ = self.policy.train(update.prepared, update.advantages)  # its gap was checked at prepare
         with timed(timings, "sync"):
             self.policy.wake_up()
             self.policy.sync_weights()
@@ -166,8 +169,15 @@ class GamesRecipe:
 
     def _next_batch(self, step: int) -> PromptBatch:
         """The step's prompts, drawn by the driver, on every rank (a prompt the driver cannot use stops all)."""
+        if self.prompts is not None:
+            self._prompts_before_step = self.prompts.state_dict()
         return self.world.on_driver(lambda: self.prompts.next_batch(self.cfg.rollout.prompts_per_step),
                                     waiting_for=f"the driver's prompts of step {step}")
+
+    def undo_partial_step(self) -> None:
+        """The prompt source back where the failed step found it (see ``Recipe.undo_partial_step``)."""
+        if self.prompts is not None and getattr(self, "_prompts_before_step", None) is not None:
+            self.prompts.load_state_dict(self._prompts_before_step)
 
     def _play_and_score(self, batch: PromptBatch, rollouts: list[list[Response]], step: int,
                         timings: dict[str, float]) -> tuple[Played, GroupSignal]:
@@ -197,13 +207,14 @@ class GamesRecipe:
         timings["judge"] = time.perf_counter() - start - timings["opponent"]
         return Played(plan=plan, games=tuple(games), verdicts=tuple(verdicts), outcomes=tuple(outcomes))
 
-    def _record(self, step: int, stats: list[StepStats], sampled: PreparedRollouts, timings: dict[str, float],
+    def _record(self, step: int, stats: list[StepStats], sampler_gap: SamplerGap, timings: dict[str, float],
                 played: Played | None, signal: GroupSignal, *, tokens: float) -> StepRecord:
-        """The step's record (``sampled``: this step's batch; ``tokens``: response tokens trained on); on the
+        """The step's record (``sampler_gap``: of this step's batch; ``tokens``: response tokens trained on); on the
         driver, after the Elo update of its outcomes."""
         if not self.world.is_driver:
             return StepRecord(step=step + 1, train=tuple(stats), response_tokens=tokens, timings=timings)
         update_ratings(self.pool, played.outcomes)
         return StepRecord(step=step + 1, train=tuple(stats), response_tokens=tokens, timings=timings, played=played,
                           signal=signal, ratings=self.pool.ratings(),
-                          extra_metrics={**self.judge.metrics(), **self.prompts.metrics(), **sampled.sampler_gap.metrics()})
+                          extra_metrics={**self.judge.metrics(), **self.opponents.metrics(), **self.prompts.metrics(),
+                                         **sampler_gap.metrics()})

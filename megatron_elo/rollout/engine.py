@@ -24,8 +24,10 @@ import torch
 
 from megatron_elo.config.schema import EngineConfig
 from megatron_elo.rollout.weight_sync import EngineShard
+from megatron_elo.utils.seeds import request_seeds
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+TOP_LOGPROBS = 20  # vLLM's default max_logprobs: the most next-token log-probs one request may ask for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +39,7 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    seed: int | None = None  # prompt i uses seed + i
+    seed: int | None = None  # the base of the requests' seeds (``default_seeds``)
     stop_token_ids: tuple[int, ...] = ()
 
 
@@ -48,6 +50,20 @@ class Sample:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]  # nats, one per token
     finish_reason: str  # "stop" or "length"
+
+
+def eager(engine: EngineConfig) -> bool:
+    """``engine.enforce_eager``, its None (as validation leaves it only for engines built directly) read
+    as: eager without CUDA, CUDA graphs with it."""
+    return engine.enforce_eager if engine.enforce_eager is not None else not torch.cuda.is_available()
+
+
+def default_seeds(settings: SamplingSettings, count: int) -> list[int | None]:
+    """Seeds of ``count`` requests by their index: disjoint ``n``-sample streams from ``settings.seed``
+    (``request_seeds``), or all None (unseeded) when it is None."""
+    if settings.seed is None:
+        return [None] * count
+    return request_seeds(settings.seed, range(count), settings.n)
 
 
 def _import_vllm():
@@ -67,7 +83,7 @@ class RolloutEngine:
         vllm = _import_vllm()
         kwargs = dict(model=str(model_dir), skip_tokenizer_init=True, dtype=VLLM_DTYPES[dtype], seed=seed,
                       tensor_parallel_size=engine.tp, gpu_memory_utilization=engine.gpu_memory_utilization,
-                      max_model_len=engine.max_model_len, enforce_eager=engine.enforce_eager)
+                      max_model_len=engine.max_model_len, enforce_eager=eager(engine))
         if engine.kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gib * 2**30)
         if distributed:
@@ -93,7 +109,7 @@ class RolloutEngine:
                  seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``settings.n`` samples for each prompt (token ids), in prompt order.
 
-        seeds: one sampling seed per prompt (overrides ``settings.seed + index``), e.g. derived from
+        seeds: one sampling seed per prompt (default ``default_seeds``: by index), e.g. derived from
         prompt ids so that an answer does not depend on which other prompts share the call.
         """
         too_long = [i for i, p in enumerate(prompts) if len(p) + 1 > self.max_model_len]
@@ -105,8 +121,8 @@ class RolloutEngine:
                                              top_p=settings.top_p, top_k=settings.top_k, seed=seed, logprobs=0,
                                              detokenize=False, stop_token_ids=list(settings.stop_token_ids))
 
-        if seeds is None:  # one seed per prompt (settings.seed + index): reproducible, distinct across prompts
-            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+        if seeds is None:
+            seeds = default_seeds(settings, len(prompts))
         params = [params(seed) for seed in seeds]
         inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
@@ -118,13 +134,21 @@ class RolloutEngine:
         """``generate``, but a prompt the engine cannot take (longer than max_model_len) gets the reason
         (a str) in its place instead of failing the others."""
         if seeds is None:
-            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+            seeds = default_seeds(settings, len(prompts))
         fits = [i for i, p in enumerate(prompts) if len(p) + 1 <= self.max_model_len]
         out: list = [f"prompt of {len(p)} tokens over the engine's max_model_len={self.max_model_len}" for p in prompts]
         for i, samples in zip(fits, self.generate([prompts[i] for i in fits], settings, [seeds[i] for i in fits]) if fits
                               else [], strict=True):
             out[i] = samples
         return out
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], *, top: int = TOP_LOGPROBS) -> list[dict[int, float]]:
+        """{token id: log p(token | prompt)} of the ``top`` likeliest next tokens of each prompt (one
+        greedy decoding step; nats)."""
+        params = self._vllm.SamplingParams(n=1, max_tokens=1, temperature=0.0, logprobs=top, detokenize=False)
+        outputs = self.llm.generate([self._vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    use_tqdm=False)
+        return [{int(t): float(lp.logprob) for t, lp in out.outputs[0].logprobs[0].items()} for out in outputs]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float | None]]:
         """log p(token_t | tokens_<t) of every position of each sequence (None at position 0)."""

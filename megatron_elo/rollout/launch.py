@@ -43,7 +43,7 @@ def dedicated_url(engine: EngineConfig, cluster: ClusterConfig, hosts: str | Non
 
 
 def open_engine(model: ModelConfig, engine: EngineConfig, *, cluster: ClusterConfig, seed: int, world_size: int,
-                log_path: str | Path | None = None):
+                log_path: str | Path | None = None, name: str = "engine"):
     """A ``RolloutEngine`` in this process or a ``ServedRolloutEngine`` (healthy) for ``model``."""
     if not launches_server(engine, world_size=world_size):
         from megatron_elo.rollout.engine import RolloutEngine
@@ -55,7 +55,7 @@ def open_engine(model: ModelConfig, engine: EngineConfig, *, cluster: ClusterCon
         url = engine.server_url or dedicated_url(engine, cluster)
         return ServedRolloutEngine.connect(url, model.path, engine)
     return ServedRolloutEngine.launch(model.path, engine, seed=seed, dtype=model.dtype, device=cluster.device,
-                                      log_path=log_path)
+                                      log_path=log_path, name=name)
 
 
 def node_engines(cfg: RunConfig, node: int) -> list[tuple[str, ModelConfig, EngineConfig]]:

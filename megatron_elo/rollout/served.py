@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +32,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from megatron_elo.config.schema import EngineConfig
-from megatron_elo.rollout.engine import VLLM_DTYPES, Sample, SamplingSettings
+from megatron_elo.rollout.engine import (
+    TOP_LOGPROBS,
+    VLLM_DTYPES,
+    Sample,
+    SamplingSettings,
+    default_seeds,
+    eager,
+)
+from megatron_elo.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class ServerError(RuntimeError):
     """A served engine did not start, stopped answering, or kept failing after its retries."""
+
+
+class EngineDown(ServerError):
+    """A server the run started died and did not come back after ``engine.restarts`` attempts."""
 
 
 def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtype: str = "bf16", seed: int = 0,
@@ -52,7 +67,7 @@ def vllm_server_command(model_dir: str, engine: EngineConfig, *, port: int, dtyp
                "--tensor-parallel-size", str(engine.tp), "--data-parallel-size", str(engine.dp),
                "--max-model-len", str(engine.max_model_len), "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
                "--skip-tokenizer-init"]
-    if engine.enforce_eager:
+    if eager(engine):
         command.append("--enforce-eager")
     if engine.kv_cache_gib is not None:
         command += ["--kv-cache-memory-bytes", str(int(engine.kv_cache_gib * 2**30))]
@@ -186,16 +201,53 @@ class ServedRolloutEngine:
 
     served = True  # requests may come from several threads at once (the server batches them)
 
-    def __init__(self, client: CompletionsClient, *, server: ServedEngine | None = None, concurrency: int = 64):
+    def __init__(self, client: CompletionsClient, *, server: ServedEngine | None = None, concurrency: int = 64,
+                 name: str = "engine", restarts: int = 0, restart_backoff_s: float = 2.0):
         self.client = client
         self.server = server
         self.concurrency = concurrency
+        self.name, self.restarts_allowed, self.restart_backoff_s = name, restarts, restart_backoff_s
+        self.restarts = 0  # times this engine's server was started again after dying
+        self._revive_lock = threading.Lock()
+
+    def _post(self, body: dict) -> dict:
+        """``client.post``; when it fails because the server this object started is dead (not healthy),
+        the server is started again (``_revive``) and the request sent once more."""
+        try:
+            return self.client.post(body)
+        except ServerError as err:
+            if self.server is None or self.server.healthy():  # not ours, or alive: the request itself failed
+                raise
+            self._revive(err)
+        return self.client.post(body)
+
+    def _revive(self, cause: Exception) -> None:
+        """Restart the dead server: up to ``restarts`` attempts with exponential backoff, one thread at
+        a time (the others find it healthy); ``EngineDown`` naming it and its log when none comes up."""
+        with self._revive_lock:
+            if self.server.healthy():
+                return
+            for attempt in range(1, self.restarts_allowed + 1):
+                log.warning("%s's vLLM server is down (%s): restart %d of %d (log: %s)", self.name, str(cause)[:200],
+                            attempt, self.restarts_allowed, self.server.log_path)
+                self.server.stop()
+                time.sleep(self.restart_backoff_s * 2 ** (attempt - 1))
+                try:
+                    self.server.start()
+                except ServerError as err:
+                    cause = err
+                    continue
+                self.restarts += 1
+                return
+            raise EngineDown(f"{self.name}'s vLLM server ({self.server.base_url}) died and did not come back after "
+                             f"{self.restarts_allowed} restart(s) ({self.name}.engine.restarts): {str(cause)[:300]}; "
+                             f"its log: {self.server.log_path or 'not kept'}")
 
     @classmethod
     def launch(cls, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", device: str = "cpu",
-               log_path: str | Path | None = None) -> ServedRolloutEngine:
+               log_path: str | Path | None = None, name: str = "engine") -> ServedRolloutEngine:
         """Start a server for ``model_dir`` on loopback (``engine.port``, else a free port) and wait
-        until it is healthy."""
+        until it is healthy; it is started again if it dies (``engine.restarts`` times)."""
         from megatron_elo.parallel.spawn import free_port
 
         port = engine.port or free_port()
@@ -205,7 +257,7 @@ class ServedRolloutEngine:
         server.start()
         client = CompletionsClient(server.base_url, model=str(model_dir), timeout_s=engine.request_timeout_s,
                                    retries=engine.retries)
-        return cls(client, server=server)
+        return cls(client, server=server, name=name, restarts=engine.restarts)
 
     @classmethod
     def connect(cls, url: str, model_dir: str, engine: EngineConfig) -> ServedRolloutEngine:
@@ -223,9 +275,9 @@ class ServedRolloutEngine:
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
                  seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``settings.n`` samples for each prompt (token ids), in prompt order; same seeds as
-        ``RolloutEngine.generate`` (``seeds`` per prompt, else ``settings.seed + index``)."""
+        ``RolloutEngine.generate`` (``seeds`` per prompt, else ``default_seeds``)."""
         if seeds is None:
-            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+            seeds = default_seeds(settings, len(prompts))
         greedy = settings.temperature == 0.0
         body = {"max_tokens": settings.max_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
                 "top_k": settings.top_k, "stop_token_ids": list(settings.stop_token_ids), "logprobs": 0,
@@ -233,7 +285,7 @@ class ServedRolloutEngine:
                 "return_token_ids": True, "return_tokens_as_token_ids": True}
 
         def one(prompt: Sequence[int], seed: int | None) -> list[Sample]:
-            answer = self.client.post(body | {"prompt": [list(prompt)], "seed": seed})
+            answer = self._post(body | {"prompt": [list(prompt)], "seed": seed})
             samples = [_sample(choice) for choice in sorted(answer["choices"], key=lambda c: c["index"])]
             return samples * settings.n if greedy else samples
 
@@ -245,22 +297,34 @@ class ServedRolloutEngine:
         """``generate``, but a request that fails after its retries (or is refused: a 4xx such as a prompt
         over the server's max_model_len) gets the error message (a str) in its place; the others stand."""
         if seeds is None:
-            seeds = [None if settings.seed is None else settings.seed + i for i in range(len(prompts))]
+            seeds = default_seeds(settings, len(prompts))
 
         def one(prompt: Sequence[int], seed: int) -> list[Sample] | str:
             try:
                 return self.generate([prompt], settings, [seed])[0]
+            except EngineDown:  # not this request's fault: the run must stop (and resume later)
+                raise
             except ServerError as err:
                 return str(err)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(one, prompts, seeds))
 
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], *, top: int = TOP_LOGPROBS) -> list[dict[int, float]]:
+        """As ``RolloutEngine.next_token_logprobs``: one greedy token per prompt, its ``top`` alternatives
+        (the server names them "token_id:<id>")."""
+        if not prompts:
+            return []
+        answer = self._post({"prompt": [list(p) for p in prompts], "max_tokens": 1, "temperature": 0.0, "logprobs": top,
+                                   "return_tokens_as_token_ids": True})
+        return [{int(token.removeprefix("token_id:")): float(lp) for token, lp in choice["logprobs"]["top_logprobs"][0].items()}
+                for choice in sorted(answer["choices"], key=lambda c: c["index"])]
+
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float | None]]:
         """log p(token_t | tokens_<t) of every position of each sequence (None at position 0)."""
         if not sequences:
             return []
-        answer = self.client.post({"prompt": [list(s) for s in sequences], "max_tokens": 1, "temperature": 1.0,
+        answer = self._post({"prompt": [list(s) for s in sequences], "max_tokens": 1, "temperature": 1.0,
                                    "prompt_logprobs": 0, "return_token_ids": True})
         out = []
         for choice, sequence in zip(sorted(answer["choices"], key=lambda c: c["index"]), sequences, strict=True):

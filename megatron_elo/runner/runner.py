@@ -13,6 +13,7 @@ plays the games, logs and writes artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -25,10 +26,11 @@ from megatron_elo.config.loader import config_to_dict, dump_yaml, flatten
 from megatron_elo.config.schema import RunConfig
 from megatron_elo.evaluation.evaluator import EvalResult, build_evaluator
 from megatron_elo.flow import StepRecord
-from megatron_elo.parallel.world import World
+from megatron_elo.parallel.world import DriverFailed, World
 from megatron_elo.players.prepare import prepare_players
 from megatron_elo.recipes import Recipe, build_recipe
 from megatron_elo.runner.context import RunContext
+from megatron_elo.runner.errors import EngineStopped
 from megatron_elo.runner.report import export_final, step_metrics, write_artifacts
 from megatron_elo.runner.state import RunState, StateRegistry, unlisted_stages
 from megatron_elo.tracking import Tracker, make_tracker
@@ -127,7 +129,8 @@ class Runner:
                 if self.stop_after is not None and steps_here >= self.stop_after:
                     return {"finished": False, "step": step}
                 clock = time.perf_counter()
-                record = recipe.step(step)
+                with self._stop_cleanly_if_an_engine_dies(world):
+                    record = recipe.step(step)
                 seconds = time.perf_counter() - clock
                 state.step, steps_here = step + 1, steps_here + 1
                 if world.is_driver:
@@ -142,6 +145,28 @@ class Runner:
         if not world.is_driver:
             return {"finished": True, "step": state.step, "rank": world.rank}
         return self._finish(final, tracker)
+
+    @contextlib.contextmanager
+    def _stop_cleanly_if_an_engine_dies(self, world: World):
+        """A served engine that died for good (``EngineDown`` on the driver, ``DriverFailed`` of that kind
+        elsewhere) during a step: checkpoint the last completed step (every rank; the step's games come
+        before its update, so nothing of it is in the state yet) and stop with ``EngineStopped``, so that
+        the same command resumes. With overlap_judging the previous update ran meanwhile: the last
+        periodic checkpoint is what resumes."""
+        from megatron_elo.rollout.served import EngineDown
+
+        try:
+            yield
+        except (EngineDown, DriverFailed) as err:
+            if isinstance(err, DriverFailed) and err.kind != "EngineDown":
+                raise
+            saved = not self.cfg.rollout.overlap_judging
+            if saved:
+                self.recipe.undo_partial_step()
+                self._save(world)
+            where = f"a checkpoint of step {self.run_state.step} was written" if saved else \
+                "rollout.overlap_judging: resuming from the last periodic checkpoint"
+            raise EngineStopped(f"{err} -- {where}; fix the engine, then run the same command to resume") from err
 
     def _log_step(self, record: StepRecord, seconds: float, tracker: Tracker, bar) -> None:
         """The driver's bookkeeping of one step (``seconds``: its wall-clock time): ratings history,
@@ -161,8 +186,8 @@ class Runner:
         metrics.update({f"eval/win_rate/{k}": v for k, v in result.per_opponent.items()})
         tracker.log_metrics(metrics, step=result.step)
         if world.is_driver:
-            log.info("eval at step %d: held-out win rate %.3f +- %.3f (exact %.2f) %s", result.step, result.win_rate,
-                     result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
+            log.info("eval at step %d: %s win rate %.3f +- %.3f (exact %.2f) %s", result.step, self.cfg.eval.split.replace("_", "-"),
+                     result.win_rate, result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
 
     def _save(self, world: World) -> None:
         self.registry.save(self.recipe.trainer, self.run_dir / "checkpoints", keep_last=self.cfg.checkpoint.keep_last,
@@ -178,7 +203,8 @@ class Runner:
         summary = {"finished": True, "step": self.run_state.step, "win_rate_before": first["win_rate"],
                    "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
                    "exact_after": final.exact, "elo": ratings, "mlflow": tracker.location,
-                   "export": str(export) if export else None, "run_dir": str(self.run_dir), "evals": self.run_state.evals}
+                   "export": str(export) if export else None, "run_dir": str(self.run_dir), "eval_split": self.cfg.eval.split,
+                   "evals": self.run_state.evals}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -53,11 +53,42 @@ class CharTokenizer:
         return "".join(out)
 
 
-def make_prompts(count: int, *, seed: int, max_operand: int = 99, split: str = "train") -> list[Prompt]:
-    """``count`` addition problems a+b= with 0 <= a, b <= max_operand; ids are stable per (split, seed, i)."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    pairs = rng.integers(0, max_operand + 1, size=(count, 2))
-    return [Prompt(prompt_id=f"{split}-{seed}-{i}", text=f"{a}+{b}=", reference=str(a + b)) for i, (a, b) in enumerate(pairs)]
+SPLITS = ("train", "validation", "eval")
+
+
+def split_pairs(*, max_operand: int, seed: int, num_eval: int, num_validation: int) -> dict[str, list[tuple[int, int]]]:
+    """Every problem a+b (0 <= a, b <= max_operand) in exactly one split, by one seeded permutation:
+    its first ``num_eval`` pairs are held out ("eval"), the next ``num_validation`` are the validation
+    split, the rest are the only problems training (and the players' SFT) ever sees."""
+    side = max_operand + 1
+    if num_eval + num_validation >= side * side:
+        raise ValueError(f"{num_eval} held-out + {num_validation} validation problems leave none of the {side * side} "
+                         f"(max_operand={max_operand}) for training; lower data.synthetic.num_eval / num_validation")
+    order = np.random.default_rng([seed, 7]).permutation(side * side)
+    pairs = [(int(i) // side, int(i) % side) for i in order]
+    return {"eval": pairs[:num_eval], "validation": pairs[num_eval:num_eval + num_validation],
+            "train": pairs[num_eval + num_validation:]}
+
+
+def make_prompts(count: int, *, seed: int, max_operand: int = 99, split: str = "train",
+                 pairs: list[tuple[int, int]] | None = None) -> list[Prompt]:
+    """``count`` addition problems a+b= drawn (seeded, with replacement) from ``pairs`` (default: every
+    a, b <= max_operand); ids are stable per (split, seed, i)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 3])
+    if pairs is None:
+        drawn = rng.integers(0, max_operand + 1, size=(count, 2)).tolist()
+    else:
+        drawn = [pairs[i] for i in rng.integers(0, len(pairs), size=count)]
+    return [_problem(f"{split}-{seed}-{i}", a, b) for i, (a, b) in enumerate(drawn)]
+
+
+def split_prompts(split: str, pairs: list[tuple[int, int]], *, seed: int, count: int | None = None) -> list[Prompt]:
+    """The problems of a held-out split, each once, in the split's order (the first ``count``)."""
+    return [_problem(f"{split}-{seed}-{i}", a, b) for i, (a, b) in enumerate(pairs[:count])]
+
+
+def _problem(prompt_id: str, a: int, b: int) -> Prompt:
+    return Prompt(prompt_id=prompt_id, text=f"{a}+{b}=", reference=str(a + b))
 
 
 def answer_error(answer: str, reference: str) -> float:

@@ -34,8 +34,11 @@ def sft_batch(tokenizer: CharTokenizer, texts: Sequence[tuple[str, str]]) -> tup
 
 
 def train_snapshots(arch: ArchConfig, snapshots: Sequence[tuple[str, int]], *, seed: int, batch_size: int = 64,
-                    lr: float = 3e-3, max_operand: int = 99, show_progress: bool = True) -> list[Path]:
-    """Train one model of ``arch`` and save it (HF format) at each (path, step count). Returns the paths."""
+                    lr: float = 3e-3, max_operand: int = 99, pairs: list[tuple[int, int]] | None = None,
+                    show_progress: bool = True) -> list[Path]:
+    """Train one model of ``arch`` and save it (HF format) at each (path, step count), on problems drawn
+    from ``pairs`` (the training split: held-out problems stay unseen; default every a, b <= max_operand).
+    Returns the paths."""
     import transformers
 
     torch.manual_seed(seed)
@@ -45,7 +48,7 @@ def train_snapshots(arch: ArchConfig, snapshots: Sequence[tuple[str, int]], *, s
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ordered = sorted(snapshots, key=lambda s: s[1])
     total = ordered[-1][1]
-    data = make_prompts(total * batch_size, seed=seed + 17, max_operand=max_operand, split="sft")
+    data = make_prompts(total * batch_size, seed=seed + 17, max_operand=max_operand, split="sft", pairs=pairs)
     saved, step = [], 0
     with progress_bar(total=total, description="pretraining tiny players", enabled=show_progress) as bar:
         for path, target_steps in ordered:

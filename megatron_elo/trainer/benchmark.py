@@ -1,6 +1,7 @@
 """``megatron-elo bench trainer``: tokens/s, step time, MFU and peak memory of the policy train step.
 
     megatron-elo bench trainer                                             # CPU: a small Qwen2 shape, batch 2 x 256
+    megatron-elo bench trainer --padding --batch 16 --micro-batch 2 --seq 512   # trimmed micro-batches, skipped old pass
     megatron-elo bench trainer --shape qwen2.5-1.5b --batch 4 --seq 2048 --device cuda --dtype bf16 --kernels torch triton \
         --optimizer megatron_core torch
 
@@ -79,10 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: H100 bf16 dense on CUDA)")
+    parser.add_argument("--padding", action="store_true",
+                        help="instead: one rollout batch's trainer work (old-log-prob pass + update) with responses of "
+                             "varied length, padded vs trimmed micro-batches vs trimmed and on-policy (no old pass)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
 
 
-def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer: str):
+def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer: str, trim: bool = True):
     from megatron_elo.models.gpt import build_gpt_model
     from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
@@ -95,7 +99,7 @@ def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.02)
     config = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch or args.batch, global_batch_size=args.batch,
-                           kernels=kernels, precision=args.dtype, optimizer=optimizer)
+                           kernels=kernels, precision=args.dtype, optimizer=optimizer, trim_micro_batches=trim)
     return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6,
                          data_parallel=DataParallelOptions(distributed_optimizer=args.distributed_optimizer))
 
@@ -140,6 +144,66 @@ def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRo
                       tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
 
 
+PADDING_VARIANTS = (  # (label, trim_micro_batches, separate old-log-prob pass)
+    ("every micro-batch at the step's longest row, old log-probs by their own pass", False, True),
+    ("micro-batches trimmed to their own longest row, old log-probs by their own pass", True, True),
+    ("trimmed, on-policy: old log-probs from the update's forward", True, False),
+)
+
+
+def _ragged_batch(arch: ArchConfig, args: argparse.Namespace):
+    """Prompts of seq/4 tokens, responses of seeded lengths from seq/16 to the rest (as RL rollouts
+    end at different lengths), right-padded to seq."""
+    from megatron_elo.trainer.step import TrainBatch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, arch.vocab_size, (args.batch, args.seq), generator=generator)
+    prompt = args.seq // 4
+    ends = prompt + torch.randint(max(1, args.seq // 16), args.seq - prompt + 1, (args.batch,), generator=generator)
+    positions = torch.arange(args.seq)[None]
+    mask = (positions >= prompt) & (positions < ends[:, None])
+    advantages = torch.where(torch.arange(args.batch) % 2 == 0, 1.0, -1.0)
+    return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages, old_logprobs=None).to(torch.device(args.device))
+
+
+def measure_padding(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(variant, median ms of old-log-prob pass + train step) per ``PADDING_VARIANTS`` entry."""
+    from dataclasses import replace
+
+    arch = SHAPES[args.shape]
+    batch = _ragged_batch(arch, args)
+    rows = []
+    for label, trim, separate_pass in PADDING_VARIANTS:
+        trainer = _trainer(arch, args, args.kernels[0], args.optimizer[0], trim=trim)
+        times = []
+        for index in range(args.warmup + args.steps):
+            start = time.perf_counter()
+            old = trainer.compute_logprobs(batch.tokens, mask=batch.response_mask) if separate_pass else None
+            trainer.train_step(replace(batch, old_logprobs=old))
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            if index >= args.warmup:
+                times.append(time.perf_counter() - start)
+        rows.append((label, statistics.median(times) * 1e3))
+        del trainer
+        gc.collect()
+    return rows
+
+
+def format_padding_table(rows: list[tuple[str, float]], args: argparse.Namespace) -> str:
+    """The ``--padding`` table: each variant's time and its ratio to the padded one."""
+    from megatron_elo.utils.report import device_label
+
+    batch = _ragged_batch(SHAPES[args.shape], args)
+    fill = float(batch.response_mask.sum()) / batch.response_mask.numel()
+    lines = [f"bench trainer --padding on {device_label(args.device, 'one process')}: shape {args.shape}, batch {args.batch} x "
+             f"{args.seq} (prompts {args.seq // 4}, responses {fill:.0%} of the padded tokens), micro-batch "
+             f"{args.micro_batch or args.batch}, {args.dtype}, kernels {args.kernels[0]}, median of {args.steps} after "
+             f"{args.warmup} warm-up", "", "| trainer work per rollout batch | ms | speed-up |", "|---|---|---|"]
+    lines += [f"| {label} | {ms:.1f} | {rows[0][1] / ms:.2f}x |" for label, ms in rows]
+    return "\n".join(lines)
+
+
 def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
     """The markdown table with the device, shape and the reference beside."""
     from megatron_elo.utils.report import device_label
@@ -170,6 +234,9 @@ def run(args: argparse.Namespace) -> int:
     from megatron_elo.parallel.spawn import init_world_of_one
 
     init_world_of_one("nccl" if args.device == "cuda" else "gloo")
+    if args.padding:
+        emit_table(format_padding_table(measure_padding(args), args), args.out)
+        return 0
     rows = [measure(args, kernels, optimizer) for kernels in args.kernels for optimizer in args.optimizer]
     emit_table(format_table(rows, args), args.out)
     return 0

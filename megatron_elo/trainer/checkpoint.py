@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_elo.models.gpt import model_layer_spec
 from megatron_elo.trainer.step import PolicyTrainer
 
 META = "meta.json"
@@ -133,7 +134,7 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     if rank == 0:
         layout = groups.layout
         meta = {"format": FORMAT, "step": step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
-                "arch": dataclasses.asdict(trainer.arch), "extra": extra or {},
+                "arch": dataclasses.asdict(trainer.arch), "layer_spec": model_layer_spec(trainer.model), "extra": extra or {},
                 "files": {name: digest for per_rank in checksums for name, digest in sorted(per_rank.items())}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -164,6 +165,10 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
                          f"pp={layout.pp}; set parallel.tp/pp to match (DP may differ)")
     if meta["arch"] != dataclasses.asdict(trainer.arch):
         raise ValueError(f"{path} holds a different architecture than model.arch; point checkpointing at a fresh directory")
+    saved_spec, spec = meta.get("layer_spec", "local"), model_layer_spec(trainer.model)
+    if saved_spec != spec:  # the weights would load under other names (and the optimizer state with them)
+        raise ValueError(f"{path} was written by a model of layer spec {saved_spec!r}, this run builds {spec!r}; set "
+                         f"model.layer_spec={saved_spec}, or export the checkpoint to HF (`megatron-elo convert`) and start from that")
     # onto the CPU first: load_state_dict copies into the parameters' device (and the optimizer moves its
     # state there), where tensors saved from cuda:0 would otherwise all land on this node's first GPU
     shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", map_location="cpu", weights_only=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -48,7 +48,9 @@ class TrainBatch:
     tokens: torch.Tensor  # [B, S] int64
     response_mask: torch.Tensor  # [B, S] bool: token t is a response token (it gets a loss)
     advantages: torch.Tensor  # [B] float: one advantage per sequence
-    old_logprobs: torch.Tensor  # [B, S] float: the sampler's log p(token_t | tokens_<t), nats
+    # [B, S] float: log p(token_t | tokens_<t) under the weights that sampled, nats; None: exactly on-policy
+    # (one optimizer step per rollout batch), the current log-probs detached: no separate forward pass
+    old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None = None  # [B, S] float: the frozen reference's, for the KL term
 
     def __len__(self) -> int:
@@ -62,10 +64,21 @@ class TrainBatch:
         """This batch with every tensor on ``device`` (the trainer's; a no-op when already there)."""
         return self._map(lambda tensor: tensor.to(device))
 
-    def micro_batches(self, size: int) -> Iterator[TrainBatch]:
-        """Consecutive slices of ``size`` sequences (the last may be shorter)."""
+    def micro_batches(self, size: int, *, trim: bool = False) -> Iterator[TrainBatch]:
+        """Consecutive slices of ``size`` sequences (the last may be shorter); ``trim``: each cut to its
+        last response token's column (right padding removed; the model is causal, so what is left
+        computes the same)."""
         for start in range(0, len(self), size):
-            yield self._map(lambda tensor, start=start: tensor[start:start + size])
+            micro = self._map(lambda tensor, start=start: tensor[start:start + size])
+            yield micro.trimmed() if trim else micro
+
+    def trimmed(self) -> TrainBatch:
+        """This batch cut after the last column holding a response token (unchanged when none does)."""
+        columns = self.response_mask.any(dim=0).nonzero() if self.response_mask.dim() == 2 else ()
+        if len(columns) == 0:
+            return self
+        width = int(columns[-1]) + 1
+        return self._map(lambda tensor: tensor[:, :width] if tensor.dim() == 2 else tensor)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +93,9 @@ class StepStats:
     grad_norm: float
     lr: float
     response_tokens: int
+    # [B, S] this rank's log-probs under the weights before the step, when the batch came without old
+    # log-probs (last pipeline stage; None elsewhere): what the sampler-gap check compares with
+    logprobs: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
@@ -226,11 +242,16 @@ class PolicyTrainer:
         return (shift_to_tokens(logprobs.reshape(batch, seq - 1)), shift_to_tokens(entropy.reshape(batch, seq - 1)))
 
     @torch.no_grad()
-    def compute_logprobs(self, tokens: torch.Tensor, *, micro_batch_size: int | None = None) -> torch.Tensor | None:
+    def compute_logprobs(self, tokens: torch.Tensor, *, micro_batch_size: int | None = None,
+                         mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """log p(token_t | tokens_<t) [B, S] under the current weights (0 at t = 0), on ``tokens``'
-        device; returned on the last pipeline stage, None on the others."""
+        device; returned on the last pipeline stage, None on the others. ``mask`` [B, S] bool: the
+        positions wanted (responses); with ``trainer.trim_micro_batches`` each micro-batch stops at its
+        last one (0 after it)."""
         self.model.eval()
-        micros = list(_tokens_only(tokens.to(self.device)).micro_batches(micro_batch_size or self.config.micro_batch_size))
+        batch = _tokens_only(tokens.to(self.device), None if mask is None else mask.to(self.device))
+        micros = list(batch.micro_batches(micro_batch_size or self.config.micro_batch_size,
+                                          trim=mask is not None and self.config.trim_micro_batches))
         if self.pipeline_schedule == "1f1b":
             def logprobs_of(micro: TrainBatch, output):
                 logprobs = self._token_logprobs(output, micro.tokens, with_entropy=False)[0]
@@ -246,7 +267,7 @@ class PolicyTrainer:
                     continue
                 outputs.append(self._token_logprobs(output, micro.tokens, with_entropy=False)[0])
         self.model.train()
-        return torch.cat(outputs).to(tokens.device) if outputs else None
+        return _padded_cat(outputs, tokens.shape[1]).to(tokens.device) if outputs else None
 
     # ------------------------------------------------------------ the step
 
@@ -267,19 +288,24 @@ class PolicyTrainer:
         self.optimizer.zero_grad()
         totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, pg, kl, entropy, clipped-token count
 
+        current: list[torch.Tensor] = []  # on-policy batches: the log-probs the loss used as old ones
+
         def loss_of(micro: TrainBatch, output):
-            loss, stats, clipped = self._micro_loss(output, micro, normalizer)
+            loss, stats, clipped, logprobs = self._micro_loss(output, micro, normalizer)
             totals.add_(torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64,
                                      device=self.device))
+            if micro.old_logprobs is None:
+                current.append(logprobs.detach())
             return loss, {}
 
-        micros = list(batch.micro_batches(self.config.micro_batch_size))
+        micros = list(batch.micro_batches(self.config.micro_batch_size, trim=self.config.trim_micro_batches))
         if self.pipeline_schedule == "1f1b":
             self._run_1f1b(micros, loss_of, forward_only=False)
         else:
             self._forward_backward_sequential(micros, loss_of)
         self.optimizer.finish_grads()
-        return self._share_stats(totals, batch)
+        return self._share_stats(totals, batch) | {
+            "logprobs": _padded_cat(current, batch.tokens.shape[1]) * batch.response_mask if current else None}
 
     def _forward_backward_sequential(self, micros: list[TrainBatch], loss_of: Callable) -> None:
         """One micro-batch at a time through every stage, forward then backward (all stages but the
@@ -306,9 +332,11 @@ class PolicyTrainer:
 
     def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
         logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
+        if micro.old_logprobs is None:  # exactly on-policy: the same numbers a separate no-grad pass would give
+            micro = replace(micro, old_logprobs=logprobs.detach())
         loss, stats = self.loss_fn(logprobs, micro, entropy=entropy, config=self.loss_config, normalizer=normalizer)
         clipped_tokens = stats.clip_fraction * float(micro.response_mask.sum())
-        return loss, stats, clipped_tokens
+        return loss, stats, clipped_tokens, logprobs
 
     def _share_stats(self, totals: torch.Tensor, batch: TrainBatch) -> dict[str, float]:
         """Sum loss statistics over DP ranks (each already divided by the global normalizer) and
@@ -346,7 +374,7 @@ class PolicyTrainer:
         norm, lr = self.optimizer_step()
         return StepStats(loss=summed["loss"], pg_loss=summed["pg_loss"], kl=summed["kl"], entropy=summed["entropy"],
                          clip_fraction=summed["clip_fraction"], grad_norm=norm, lr=lr,
-                         response_tokens=int(summed["response_tokens"]))
+                         response_tokens=int(summed["response_tokens"]), logprobs=summed["logprobs"])
 
 
 def _with_token_count(loss: torch.Tensor, reported: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -356,7 +384,12 @@ def _with_token_count(loss: torch.Tensor, reported: dict) -> tuple[torch.Tensor,
     return loss, torch.ones((), dtype=torch.int), reported
 
 
-def _tokens_only(tokens: torch.Tensor) -> TrainBatch:
-    """A TrainBatch carrying only ``tokens`` [B, S], for forward-only passes through the schedule."""
+def _tokens_only(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> TrainBatch:
+    """A TrainBatch carrying only ``tokens`` [B, S] (and the positions wanted), for forward-only passes."""
     empty = torch.zeros(0, device=tokens.device)
-    return TrainBatch(tokens=tokens, response_mask=empty, advantages=empty, old_logprobs=empty)
+    return TrainBatch(tokens=tokens, response_mask=empty if mask is None else mask, advantages=empty, old_logprobs=empty)
+
+
+def _padded_cat(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """[b_i, s_i] micro-batch results -> [sum b_i, width], zeros right of each one's own width."""
+    return torch.cat([torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in parts])
