@@ -7,9 +7,10 @@ against scoring the three choices with full prompt log-prob passes, on one in-pr
 Each game is rendered with the default template in both orders (the judge's prompts, ``[[``
 prefilled). ``scored``: prompt + choice as one sequence per (prompt, choice), its prompt log-probs
 computed (three passes over every prompt, as the judge did before); ``one token``: one decoding step
-per prompt, the choices' log-probs read from its top ``TOP_LOGPROBS``. Median of ``--repeats`` after a
-warm-up, the verdicts of both ways compared (a choice outside the top ones is -inf in the one-token
-read, which never changes which choice is likeliest while one of them is inside).
+per prompt, the choices' log-probs read from its top ``TOP_LOGPROBS`` (timed without the judge's
+fallback for prompts with no choice among them, which it scores the long way). Median of ``--repeats``
+after a warm-up, the verdicts of both ways compared (a choice outside the top ones is -inf in the
+one-token read, which never changes which choice is likeliest while one of them is inside).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     choices = list(LOGPROB_CHOICES)
     sets = [_prompts(judge, args.games, args.answer_chars, seed) for seed in range(2 * (args.repeats + 1))]
     scored_s, scored = _timed(lambda p: backend.scored_choice_logprobs(p, choices), sets[: args.repeats + 1])
-    one_s, _ = _timed(lambda p: backend.choice_logprobs(p, choices), sets[args.repeats + 1:])
-    one = [row for p in sets[1: args.repeats + 1] for row in backend.choice_logprobs(p, choices)]  # on the scored sets
+    one_s, _ = _timed(lambda p: backend.choice_logprobs(p, choices, fallback=False), sets[args.repeats + 1:])
+    one = [row for p in sets[1: args.repeats + 1] for row in backend.choice_logprobs(p, choices, fallback=False)]
     prompts = [p for s in sets[1: args.repeats + 1] for p in s]
     readable = [i for i, row in enumerate(one) if max(row) > -np.inf]
     agree = sum(int(np.argmax(one[i])) == int(np.argmax(scored[i])) for i in readable)
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
              f"| one token: top-{TOP_LOGPROBS} log-probs of one decoding step | 1 prefill + 1 token | "
              f"{1e3 * one_s / args.games:.1f} | {scored_s / one_s:.2f}x |",
              "", f"same verdict both ways: {agree} of {len(readable)} prompts with a letter among the top {TOP_LOGPROBS} "
-             f"({len(prompts) - len(readable)} without one: invalid in the one-token read)"]
+             f"({len(prompts) - len(readable)} without one: the judge scores those the long way; the one-token row "
+             f"leaves that fallback out)"]
     emit_table("\n".join(lines), args.out)
     return 0

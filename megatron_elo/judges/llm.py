@@ -293,10 +293,12 @@ class EngineJudgeBackend:
                                           truncated=result[0].finish_reason == "length"))
         return replies
 
-    def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str], *, fallback: bool = True) -> list[list[float]]:
         """log p(choice's first token | prompt) from one generated token's top log-probs (one decoding
         step per prompt); a choice outside the top ``TOP_LOGPROBS`` is -inf, below every one in it, so
-        the likeliest choice is still the likeliest. Choices must differ in their first token."""
+        the likeliest choice is still the likeliest. A prompt with no choice among them (rare for a
+        real judge) is scored exactly instead (``scored_choice_logprobs``; ``fallback=False``: left at
+        -inf). Choices must differ in their first token."""
         from megatron_elo.rollout.engine import TOP_LOGPROBS
 
         first = [self._encode(c)[0] for c in choices]
@@ -304,7 +306,12 @@ class EngineJudgeBackend:
             raise ValueError(f"judge choices {list(choices)} share a first token in this tokenizer: one-token verdicts "
                              f"cannot tell them apart")
         top = self.engine.next_token_logprobs([self._encode(p) for p in prompts], top=TOP_LOGPROBS)
-        return [[alternatives.get(token, -math.inf) for token in first] for alternatives in top]
+        rows = [[alternatives.get(token, -math.inf) for token in first] for alternatives in top]
+        missing = [i for i, row in enumerate(rows) if max(row) == -math.inf] if fallback else []
+        for i, row in zip(missing, self.scored_choice_logprobs([prompts[i] for i in missing], choices) if missing else [],
+                          strict=True):
+            rows[i] = row
+        return rows
 
     def scored_choice_logprobs(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[float]]:
         """``choice_logprobs`` the long way (``bench judge`` compares): prompt + choice scored as one
