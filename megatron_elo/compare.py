@@ -115,8 +115,10 @@ def format_table(results: list[MethodResult], *, start: float, target: float) ->
 def noise_line(cfg: RunConfig) -> str:
     """The noise-to-signal comparison at the config's judge noise, on the runs' cached player answers."""
     from megatron_elo.analysis.noise import games_from_answer_cache, noise_to_signal
+    from megatron_elo.data.source import load_prompt_sets
 
-    games = games_from_answer_cache(Path(cfg.output_dir) / "opponent_cache")
+    train, held_out = load_prompt_sets(cfg)
+    games = games_from_answer_cache(Path(cfg.output_dir) / "opponent_cache" / "answers.sqlite", [*train, *held_out])
     if not games:
         return "noise: no cached answers to measure on"
     r = noise_to_signal(games, noise=cfg.judge.noise)

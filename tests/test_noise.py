@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from megatron_elo.analysis.noise import games_from_answer_cache, noise_to_signal
@@ -33,12 +31,17 @@ def test_pure_noise_matches_hand_expectations():
     assert report.absolute_nsr == pytest.approx(expected, rel=0.05)
 
 
-def test_games_from_a_run_cache(tmp_path):
-    def row(text, answer):
-        return json.dumps({"key": json.dumps(["id", text, False, 1.0, 8, 0, "/m"]), "text": answer})
+def test_games_from_a_runs_answer_store(tmp_path):
+    """Pairs of different players' answers to one problem, read from the sqlite store the runs write
+    (it used to read jsonl caches, which no run writes any more)."""
+    from megatron_elo.flow import Prompt
+    from megatron_elo.players.answer_store import AnswerStore
 
-    (tmp_path / "weak.jsonl").write_text(row("2+3=", "4") + "\n" + row("1+1=", "2") + "\n")
-    (tmp_path / "strong.jsonl").write_text(row("2+3=", "5") + "\n")
-    games = games_from_answer_cache(tmp_path)
+    store = AnswerStore(tmp_path / "answers.sqlite")
+    store.put_many([("k1", "p0", "4"), ("k2", "p1", "2")], opponent="weak")
+    store.put_many([("k3", "p0", "5"), ("k4", "p0", "6")], opponent="strong")  # two seeds: the first (by key) counts
+    prompts = [Prompt(prompt_id="p0", text="2+3=", reference="5"), Prompt(prompt_id="p1", text="1+1=", reference="2")]
+    games = games_from_answer_cache(tmp_path / "answers.sqlite", prompts)
     assert len(games) == 1  # only 2+3= was answered by two players
     assert (games[0].prompt.reference, games[0].policy.text, games[0].opponent.text) == ("5", "5", "4")
+    assert games_from_answer_cache(tmp_path / "missing.sqlite", prompts) == []

@@ -376,3 +376,24 @@ def test_prepared_players_made_with_another_split_are_made_again(tmp_path):
     (tmp_path / "p0" / STAMP).unlink()
     cfg.data.synthetic.num_validation = 50
     assert stale_snapshots(cfg) == [s.path for s in cfg.prepare.snapshots]
+
+
+def test_a_checkpoint_rewritten_in_place_is_a_new_model_to_the_answer_store(tmp_path):
+    """The demo's players are made again at the same paths when their split changes: their old answers
+    must not be served for the new models (the key used to hold the path alone)."""
+    import os
+
+    from megatron_elo.players.answer_store import answer_key, checkpoint_fingerprint
+    from megatron_elo.rollout.engine import SamplingSettings
+
+    model = tmp_path / "weak"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"old weights")
+    settings = SamplingSettings(temperature=1.0)
+    before = answer_key(str(model), [1, 2, 3], settings, 7)
+    assert answer_key(str(model), [1, 2, 3], settings, 7) == before
+    (model / "model.safetensors").write_bytes(b"new weights, same path")
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    checkpoint_fingerprint.cache_clear()  # a new process reads the files afresh
+    assert answer_key(str(model), [1, 2, 3], settings, 7) != before

@@ -10,7 +10,7 @@ over many answers and repeated judgements. Lower is a cleaner training signal.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,18 +62,23 @@ def noise_to_signal(games: Sequence[Game], *, noise: float, repeats: int = 20, s
 _PROBLEM = re.compile(r"^(\d+)\+(\d+)=$")
 
 
-def games_from_answer_cache(cache_dir: str | Path) -> list[Game]:
-    """Every pair of different players' answers to the same problem, from a run's opponent cache
-    (``<output_dir>/opponent_cache/*.jsonl``): real answers of varied quality."""
+def games_from_answer_cache(store_path: str | Path, prompts: Sequence[Prompt]) -> list[Game]:
+    """Every pair of different players' answers to the same problem, from a run's answer store
+    (``<output_dir>/opponent_cache/answers.sqlite``; ``prompts``: the problems its prompt ids name):
+    real answers of varied quality. A player's answers to one problem under several seeds count once."""
+    import sqlite3
+
+    store_path = Path(store_path)
+    if not store_path.is_file():
+        return []
+    by_id = {p.prompt_id: p for p in prompts if p.reference is not None and _PROBLEM.match(p.text)}
     by_problem: dict[str, dict[str, str]] = {}
-    for file in sorted(Path(cache_dir).glob("*.jsonl")):
-        for line in file.read_text().splitlines():
-            row = json.loads(line)
-            text = json.loads(row["key"])[1]
-            if _PROBLEM.match(text):
-                by_problem.setdefault(text, {})[file.stem] = row["text"]
+    with contextlib.closing(sqlite3.connect(store_path)) as connection:
+        for opponent, prompt_id, text in connection.execute("SELECT opponent, prompt_id, text FROM answers ORDER BY key"):
+            if prompt_id in by_id:
+                by_problem.setdefault(by_id[prompt_id].text, {}).setdefault(opponent, text)
     games = []
-    for text, answers in by_problem.items():
+    for text, answers in sorted(by_problem.items()):
         a, b = map(int, _PROBLEM.match(text).groups())
         prompt = Prompt(prompt_id=text, text=text, reference=str(a + b))
         players = sorted(answers)

@@ -5,15 +5,18 @@
     store.get_many([key])  ->  {key: text} for the keys it holds
     store.put_many([(key, "p0", text)], opponent="medium")
 
-The key is a digest of the opponent's model directory (resolved), the rendered token ids of its
-prompt (chat template and system prompt included), its sampling settings and the request's seed, so
-a changed template, system prompt, temperature or checkpoint never reuses a stale answer. One sqlite
+The key is a digest of the opponent's model directory (resolved) and its checkpoint files (name, size
+and modification time of each weight file, so a checkpoint rewritten in place, e.g. the demo's players
+made again, is a new model), the rendered token ids of its prompt (chat template and system prompt
+included), its sampling settings and the request's seed, so a changed template, system prompt,
+temperature or checkpoint never reuses a stale answer. One sqlite
 file, looked up per key (nothing is read whole into memory); only the driver writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
@@ -26,9 +29,22 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, opponent TE
 _LOOKUP_CHUNK = 500  # keys per SELECT (sqlite's host-parameter limit is 999 on old builds)
 
 
+@functools.lru_cache(maxsize=64)
+def checkpoint_fingerprint(model_dir: str) -> list:
+    """(name, bytes, mtime_ns) of the checkpoint's config and weight files, sorted: what identifies
+    the model beside its path (read once per process and directory)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    files = [f for f in root.iterdir() if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt")]
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files)
+
+
 def answer_key(model_dir: str | None, token_ids: Sequence[int], settings: SamplingSettings, seed: int) -> str:
-    """The store's key of one answer: sha256 over (model, prompt ids, sampling settings, seed)."""
-    described = [str(Path(model_dir or "").resolve()), list(token_ids), settings.temperature, settings.top_p,
+    """The store's key of one answer: sha256 over (model and its checkpoint files, prompt ids, sampling
+    settings, seed)."""
+    resolved = str(Path(model_dir or "").resolve())
+    described = [resolved, checkpoint_fingerprint(resolved), list(token_ids), settings.temperature, settings.top_p,
                  settings.top_k, settings.max_tokens, list(settings.stop_token_ids), seed]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
