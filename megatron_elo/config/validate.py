@@ -276,8 +276,7 @@ def _check_layer_specs(cfg: RunConfig, check: _Check) -> None:
 
 def _resolve_engine_defaults(cfg: RunConfig) -> None:
     """enforce_eager None -> eager on CPU (vLLM's CPU backend has no CUDA graphs), graphs on CUDA."""
-    engines = [engine for _, engine in _engines(cfg)] + ([cfg.judge.engine] if cfg.judge.kind != "llm" else [])
-    for engine in engines:
+    for engine in (cfg.rollout.engine, *(o.engine for o in cfg.opponents), cfg.judge.engine):
         if engine.enforce_eager is None:
             engine.enforce_eager = cfg.cluster.device == "cpu"
 

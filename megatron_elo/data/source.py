@@ -30,11 +30,10 @@ def load_prompt_sets(cfg: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
     splits or the configured files (a file's prompts that also occur in training are warned about)."""
     data, split = cfg.data, cfg.eval.split
     if data.format == "synthetic":
-        from megatron_elo.tasks.arithmetic import make_prompts, split_pairs, split_prompts
+        from megatron_elo.tasks.arithmetic import make_prompts, split_of, split_prompts
 
         synthetic = data.synthetic
-        pairs = split_pairs(max_operand=synthetic.max_operand, seed=synthetic.seed, num_eval=synthetic.num_eval,
-                            num_validation=synthetic.num_validation)
+        pairs = split_of(synthetic)
         train = make_prompts(synthetic.num_train, seed=synthetic.seed, pairs=pairs["train"])
         name = "eval" if split == "held_out" else "validation"
         return train, split_prompts(name, pairs[name], seed=synthetic.seed, count=cfg.eval.num_prompts)

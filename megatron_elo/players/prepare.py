@@ -51,12 +51,11 @@ def prepare_players(cfg: RunConfig, world: World) -> None:
         prepare = cfg.prepare
         stale = stale_snapshots(cfg)
         if stale:
-            from megatron_elo.tasks.arithmetic import split_pairs
+            from megatron_elo.tasks.arithmetic import split_of
             from megatron_elo.tasks.pretrain import train_snapshots
 
             synthetic = cfg.data.synthetic
-            pairs = split_pairs(max_operand=synthetic.max_operand, seed=synthetic.seed, num_eval=synthetic.num_eval,
-                                num_validation=synthetic.num_validation)["train"]
+            pairs = split_of(synthetic)["train"]
             log.info("making %d tiny player(s) by SFT on the task's training problems: %s", len(stale), stale)
             # one SFT run makes every snapshot (each is a point along it), so all of them are remade
             train_snapshots(prepare.arch, [(s.path, s.sft_steps) for s in prepare.snapshots], seed=prepare.seed,

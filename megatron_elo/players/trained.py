@@ -2,7 +2,7 @@
 
     player = TrainedPlayer.build(cfg, world, name="policy", loss="grpo")
     rollouts = player.rollouts(batch, step)                 # [P][n] Response (every rank)
-    prepared = player.prepare(batch, rollouts, on_policy=True)   # sequences + old (and reference) log-probs
+    prepared = player.prepare(batch, rollouts, step=step, on_policy=True)   # + old (and reference) log-probs
     stats, gap = player.train(prepared, advantages, step=step)   # one StepStats per optimizer step; sampler gap
     player.sync_weights()                                   # Megatron shards -> the engine's layout
 
@@ -131,11 +131,13 @@ class TrainedPlayer:
         logprobs = model.compute_logprobs(tokens, mask=mask)
         return (logprobs if logprobs is not None else torch.zeros(tokens.shape)) * mask
 
-    def prepare(self, batch: PromptBatch, rollouts: list[list[Response]], *, on_policy: bool = False) -> PreparedRollouts:
+    def prepare(self, batch: PromptBatch, rollouts: list[list[Response]], *, step: int,
+                on_policy: bool = False) -> PreparedRollouts:
         """One TrainBatch per optimizer step (``global_batch_size`` consecutive sequences): this DP rank's
-        contiguous share of it, with old (and reference) log-probs under the current weights.
-        ``on_policy``: the update follows with these weights; when it is one optimizer step, its old
-        log-probs are the step's own forward's and their separate pass is skipped (the same loss)."""
+        contiguous share of it, with old (and reference) log-probs under the current weights, their gap
+        to the sampler's checked (``check_sampler_gap``). ``on_policy``: the update follows with these
+        weights; when it is one optimizer step, its old log-probs are the step's own forward's, their
+        separate pass is skipped (the same loss) and ``train`` checks the gap."""
         tokens, mask, sampler = self.sequences(batch, rollouts)
         size = self.cfg.trainer.global_batch_size
         share = size // self.trainer.groups.layout.dp
@@ -154,9 +156,11 @@ class TrainedPlayer:
             rows.append(mine)
             if old is not None and self.trainer.groups.is_last_stage:  # earlier pipeline stages compute no log-probs
                 gap = gap.plus(SamplerGap.measure(old, sampler[mine], part_mask, replica_of_row[mine], replicas=replicas))
+        if not skip_old:
+            gap = gap.reduced(self.trainer.device)
+            self.check_sampler_gap(gap, step)
         return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()),
-                                sampler_gap=None if skip_old else gap.reduced(self.trainer.device),
-                                sampler_logprobs=sampler, replica_of_row=replica_of_row)
+                                sampler_gap=None if skip_old else gap, sampler_logprobs=sampler, replica_of_row=replica_of_row)
 
     def check_sampler_gap(self, gap: SamplerGap, step: int) -> None:
         """Warn, or stop (``rollout.stale_weights_action``), when the engine sampled step ``step``'s batch

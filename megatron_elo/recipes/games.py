@@ -126,9 +126,7 @@ class GamesRecipe:
         played, signal = self.world.on_driver(lambda: self._play_and_score(batch, rollouts, step, timings),
                                               waiting_for=f"the driver's games of step {step}", share=_signal_only)
         with timed(timings, "train"):
-            prepared = self.policy.prepare(batch, rollouts, on_policy=True)
-            if prepared.sampler_gap is not None:
-                self.policy.check_sampler_gap(prepared.sampler_gap, step)
+            prepared = self.policy.prepare(batch, rollouts, step=step, on_policy=True)
             stats, gap = self.policy.train(prepared, signal.advantages, step=step)
         with timed(timings, "sync"):
             self.policy.wake_up()
@@ -142,8 +140,7 @@ class GamesRecipe:
         with timed(timings, "generate"):
             batch = self._next_batch(step)
             rollouts = self.policy.rollouts(batch, step)
-            prepared = self.policy.prepare(batch, rollouts)  # old log-probs now: the weights that sampled them
-            self.policy.check_sampler_gap(prepared.sampler_gap, step)
+            prepared = self.policy.prepare(batch, rollouts, step=step)  # old log-probs now: the sampler's weights
             if previous is not None:
                 self.policy.sleep()  # woken by _train_and_sync
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="games") as background:

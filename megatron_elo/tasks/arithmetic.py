@@ -70,6 +70,12 @@ def split_pairs(*, max_operand: int, seed: int, num_eval: int, num_validation: i
             "train": pairs[num_eval + num_validation:]}
 
 
+def split_of(synthetic) -> dict[str, list[tuple[int, int]]]:
+    """``split_pairs`` of a ``data.synthetic`` config."""
+    return split_pairs(max_operand=synthetic.max_operand, seed=synthetic.seed, num_eval=synthetic.num_eval,
+                       num_validation=synthetic.num_validation)
+
+
 def make_prompts(count: int, *, seed: int, max_operand: int = 99, split: str = "train",
                  pairs: list[tuple[int, int]] | None = None) -> list[Prompt]:
     """``count`` addition problems a+b= drawn (seeded, with replacement) from ``pairs`` (default: every
