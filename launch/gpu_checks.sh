@@ -6,6 +6,7 @@
 #   launch/gpu_checks.sh kernels             # on the GPU machine (device tool: carry [".whl"])
 #   launch/gpu_checks.sh trainer
 #   launch/gpu_checks.sh trainer-bench
+#   launch/gpu_checks.sh pairs-bench
 #   launch/gpu_checks.sh reshard
 #
 # Each part fits one 10-minute device call and writes its tables and logs under $OUT (default
@@ -19,10 +20,12 @@
 #            resume exactly);
 #   trainer-bench  `bench trainer` for the Qwen2.5-1.5B shape, bf16: 4 x 2048 with each loss side (torch
 #            optimizer), and 8 x 2048 with the fused kernels on each optimizer (issue #5's target: it fits);
+#   pairs-bench  `bench trainer --loss grpo dpo` for the same shape: 8 x 2048 rows (DPO: 4 pairs) per step,
+#            each loss side, GRPO's rows beside (issue #16);
 #   reshard  `bench reshard --engine none` (Megatron side; the machine has no vLLM) for the
 #            Qwen2.5-1.5B shape (issue #6).
 set -uo pipefail
-part=${1:?usage: $0 kernels|trainer|trainer-bench|reshard}
+part=${1:?usage: $0 kernels|trainer|trainer-bench|pairs-bench|reshard}
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_results}
 mkdir -p "$out"
@@ -64,12 +67,17 @@ case "$part" in
     step bench_trainer_b8 300 python3 -m megatron_elo.cli bench trainer "${common[@]}" --batch 8 --kernels triton \
       --optimizer megatron_core torch --distributed-optimizer --out "$out/bench_trainer_b8.md"
     ;;
+  pairs-bench)
+    common=(--shape qwen2.5-1.5b --seq 2048 --device cuda --dtype bf16 --steps 5 --warmup 2 --batch 8 --micro-batch 2)
+    step bench_trainer_pairs 540 python3 -m megatron_elo.cli bench trainer "${common[@]}" --loss grpo dpo \
+      --kernels torch triton --optimizer torch --out "$out/bench_trainer_pairs.md"
+    ;;
   reshard)
     step bench_reshard 540 python3 -m megatron_elo.cli bench reshard --engine none --device cuda --dtype bf16 --world 1 \
       --hidden 1536 --ffn 8960 --layers 28 --heads 12 --kv-heads 2 --vocab 151936 --out "$out/bench_reshard.md"
     ;;
   *)
-    echo "unknown part $part: kernels, trainer, trainer-bench or reshard" >&2
+    echo "unknown part $part: kernels, trainer, trainer-bench, pairs-bench or reshard" >&2
     exit 2
     ;;
 esac

@@ -148,9 +148,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def print_summary(summary: dict) -> None:
     """The end-of-run report: held-out (or validation) win rate before and after, ratings, where everything is."""
     split = summary.get("eval_split", "held_out").replace("_", "-")
-    print(f"{split} win rate: {summary['win_rate_before']:.3f} -> {summary['win_rate_after']:.3f} "
-          f"(95% CI +-{summary['ci95_after']:.3f}); exact answers {summary['exact_before']:.2f} -> {summary['exact_after']:.2f}")
-    print("Elo:", ", ".join(f"{k} {v:.0f}" for k, v in summary["elo"].items()))
+    if summary["win_rate_after"] is None:
+        print(f"trained {summary['step']} steps; no evaluation (eval.num_prompts=0)")
+    else:
+        print(f"{split} win rate: {summary['win_rate_before']:.3f} -> {summary['win_rate_after']:.3f} "
+              f"(95% CI +-{summary['ci95_after']:.3f}); exact answers {summary['exact_before']:.2f} -> "
+              f"{summary['exact_after']:.2f}")
+    if summary["elo"]:
+        print("Elo:", ", ".join(f"{k} {v:.0f}" for k, v in summary["elo"].items()))
     print(f"run directory: {summary['run_dir']}")
     if summary.get("export"):
         print(f"final policy (HF format): {summary['export']}")
@@ -213,12 +218,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from megatron_elo.compare import compare, format_table, noise_line, write_and_log
+    from megatron_elo.compare import compare, format_table, noise_line, parse_methods, write_and_log
 
     if args.seeds < 1:
         raise ConfigError([f"--seeds: must be >= 1, got {args.seeds}"])
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
     cfg = load_and_validate(args.config, args.overrides)
-    results, start, target = compare(cfg, args.config, args.overrides, seeds=args.seeds, target=args.target)
+    results, start, target = compare(cfg, args.config, args.overrides, seeds=args.seeds, target=args.target,
+                                     methods=methods)
     table = format_table(results, start=start, target=target) + "\n\n" + noise_line(cfg)
     print(table)
     print(f"written to {write_and_log(cfg, results, table)}")
@@ -308,10 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--node", type=int, required=True, help="this node's index in the allocation (trainer nodes first)")
     serve.set_defaults(handler=cmd_serve)
 
-    compare = sub.add_parser("compare", help="run point, static pairwise and Elo-Evolve on one budget and seeds",
+    compare = sub.add_parser("compare", help="run point, static pairwise, Elo-Evolve (and pair losses) on one budget and seeds",
                              formatter_class=raw, epilog=CONFIG_HELP)
     add_config_args(compare)
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (seed, seed+1, ...)")
+    compare.add_argument("--methods", default="point,static_pairwise,elo_evolve",
+                         help="comma-separated: point, static_pairwise, elo_evolve and the pair losses dpo, ipo, simpo, "
+                              "orpo, sppo, inpo (pairs_online with the config's algorithm.pairs)")
     compare.add_argument("--target", type=float, default=None,
                          help="win rate for 'steps to target' (default: the starting win rate + 0.05)")
     compare.set_defaults(handler=cmd_compare)

@@ -1,6 +1,11 @@
-"""``megatron-elo compare``: point vs static pairwise vs Elo-Evolve on the same budget and seeds.
+"""``megatron-elo compare``: point vs static pairwise vs Elo-Evolve (and the pair losses) on the same
+budget and seeds.
 
-    megatron-elo compare configs/tiny_cpu.yaml --seeds 3 [KEY=VALUE ...]
+    megatron-elo compare configs/tiny_cpu.yaml --seeds 3 [--methods elo_evolve,dpo,simpo,sppo,inpo] [KEY=VALUE ...]
+
+A pair method (dpo, ipo, simpo, orpo, sppo, inpo) runs ``algorithm.name=pairs_online`` with that loss and
+the config's ``algorithm.pairs`` settings (games, rule, reference, epochs); its loss's own knobs are the
+config's when ``algorithm.pairs.loss`` is that method, else its authors' (``PAIR_METHODS``).
 
 Each (method, seed) is a separate ``megatron-elo train`` process (so engines never pile up in one
 process), named ``compare_<method>_s<seed>`` under the config's output_dir; finished runs are reused
@@ -25,7 +30,30 @@ from megatron_elo.config.schema import RunConfig
 from megatron_elo.utils.logging import get_logger, progress_bar
 
 log = get_logger(__name__)
-METHODS = ("point", "static_pairwise", "elo_evolve")
+METHODS = ("point", "static_pairwise", "elo_evolve")  # the default comparison: the paper's three
+# each pair loss's knobs as its authors set them (../shared/ALGORITHMS.md); SPPO's eta 1000 is beta 0.001
+PAIR_METHODS: dict[str, dict[str, object]] = {
+    "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "simpo": {"beta": 2.5, "simpo_gamma_beta_ratio": 0.55},
+    "orpo": {"orpo_lambda": 0.1}, "sppo": {"beta": 0.001}, "inpo": {"beta": 0.005, "inpo_tau_ratio": 1 / 3},
+}
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--methods`` "a,b,c" -> names, each a GRPO recipe or a pair loss (ValueError naming a stranger)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [n for n in names if n not in METHODS and n not in PAIR_METHODS]
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown or text!r}; choose from {[*METHODS, *PAIR_METHODS]}")
+    return names
+
+
+def method_overrides(cfg: RunConfig, method: str) -> list[str]:
+    """The dotted overrides that make ``cfg`` train ``method``."""
+    if method in METHODS:
+        return [f"algorithm.name={method}"]
+    knobs = {} if cfg.algorithm.pairs.loss == method else PAIR_METHODS[method]
+    return ["algorithm.name=pairs_online", f"algorithm.pairs.loss={method}",
+            *(f"algorithm.pairs.{key}={value}" for key, value in knobs.items())]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +80,13 @@ def steps_to_target(evals: list[dict], target: float) -> int | None:
 
 def child_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     """The config the (method, seed) child run trains with."""
-    return dataclasses.replace(cfg, seed=seed, run_name=f"compare_{method}_s{seed}",
-                               algorithm=dataclasses.replace(cfg.algorithm, name=method))
+    if method in METHODS:
+        algorithm = dataclasses.replace(cfg.algorithm, name=method)
+    else:
+        knobs = {} if cfg.algorithm.pairs.loss == method else PAIR_METHODS[method]
+        algorithm = dataclasses.replace(cfg.algorithm, name="pairs_online",
+                                        pairs=dataclasses.replace(cfg.algorithm.pairs, loss=method, **knobs))
+    return dataclasses.replace(cfg, seed=seed, run_name=f"compare_{method}_s{seed}", algorithm=algorithm)
 
 
 def config_differences(expected: RunConfig, resolved_yaml: str) -> list[str]:
@@ -77,7 +110,7 @@ def run_one(config: str, overrides: list[str], method: str, seed: int, cfg: RunC
             raise ValueError(f"{run_dir} is a finished run of another config ({', '.join(differing[:8])} differ): delete "
                              f"the compare_* runs there to train them again, or set output_dir to a new directory")
     if not summary_file.is_file():
-        command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, f"algorithm.name={method}",
+        command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, *method_overrides(cfg, method),
                    f"seed={seed}", f"run_name={run_name}"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not summary_file.is_file():
@@ -85,17 +118,17 @@ def run_one(config: str, overrides: list[str], method: str, seed: int, cfg: RunC
     return json.loads(summary_file.read_text())
 
 
-def compare(cfg: RunConfig, config: str, overrides: list[str], *, seeds: int,
-            target: float | None) -> tuple[list[MethodResult], float, float]:
+def compare(cfg: RunConfig, config: str, overrides: list[str], *, seeds: int, target: float | None,
+            methods: tuple[str, ...] = METHODS) -> tuple[list[MethodResult], float, float]:
     """Run every method for ``seeds`` seeds (cfg.seed, cfg.seed + 1, ...); returns (results, the
     starting win rate, the target used: ``target`` or start + 0.05)."""
-    summaries: dict[str, list[dict]] = {m: [] for m in METHODS}
-    with progress_bar(total=len(METHODS) * seeds, description="compare") as bar:
+    summaries: dict[str, list[dict]] = {m: [] for m in methods}
+    with progress_bar(total=len(methods) * seeds, description="compare") as bar:
         for seed in range(cfg.seed, cfg.seed + seeds):
-            for method in METHODS:
+            for method in methods:
                 summaries[method].append(run_one(config, overrides, method, seed, cfg))
                 bar.advance()
-    start = summaries[METHODS[0]][0]["win_rate_before"]
+    start = summaries[methods[0]][0]["win_rate_before"]
     goal = target if target is not None else start + 0.05
     results = [MethodResult(method=m, final=[s["win_rate_after"] for s in runs],
                             steps_to_target=[steps_to_target(s["evals"], goal) for s in runs]) for m, runs in summaries.items()]

@@ -150,6 +150,32 @@ class GroupSignal:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PreferencePair:
+    """Two samples of one prompt, the judged better one first (pair-loss recipes)."""
+
+    prompt_index: int  # position in the step's PromptBatch
+    chosen: int  # sample indices in the prompt's group of n
+    rejected: int
+    chosen_win: float = 1.0  # each one's win rate in the step's games (SPPO's soft targets)
+    rejected_win: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairSignal:
+    """A pair recipe's training signal for one step (same on every rank)."""
+
+    pairs: tuple[PreferencePair, ...]
+    prompts_without_pair: int  # prompts whose games decided no pair (all tied, dropped or equal)
+    decided_games: int
+    undecided_games: int  # tied or invalid verdicts: no pair from them
+
+    def metrics(self) -> dict[str, float]:
+        """Pair counts as metrics."""
+        return {"pairs/count": float(len(self.pairs)), "pairs/prompts_without_pair": float(self.prompts_without_pair),
+                "pairs/decided_games": float(self.decided_games), "pairs/undecided_games": float(self.undecided_games)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Played:
     """The driver's games of one step, from matches to outcomes."""
 
@@ -169,5 +195,6 @@ class StepRecord:
     timings: dict[str, float]  # seconds per phase
     played: Played | None = None  # the games judged this step (driver)
     signal: GroupSignal | None = None
+    pairs: PairSignal | None = None  # pair recipes: the step's preference pairs
     ratings: dict[str, float] = field(default_factory=dict)  # Elo ratings after this step, policy first
     extra_metrics: dict[str, float] = field(default_factory=dict)  # stage statistics, e.g. the LLM judge's rates

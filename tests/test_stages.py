@@ -169,8 +169,8 @@ def test_the_loss_registry():
     loss, _ = get_loss("grpo", fused=False)(logprobs, micro, entropy=None, config=config, normalizer=6.0)
     expected, _ = policy_loss(logprobs, old, torch.tensor([[1.0] * 5, [-0.5] * 5]) * mask, mask, config=config, normalizer=6.0)
     assert loss.item() == expected.item()
-    with pytest.raises(ValueError, match=r"unknown loss 'dpo'; registered: \['grpo'\]"):
-        get_loss("dpo", fused=False)
+    with pytest.raises(ValueError, match=r"unknown loss 'kto'; registered: \['dpo', 'grpo', 'inpo', 'ipo', 'orpo', 'simpo', 'sppo'\]"):
+        get_loss("kto", fused=False)
     with pytest.raises(ValueError, match="registered already"):
         register_loss(LossSpec(name="grpo", torch=policy_loss))
 

@@ -605,11 +605,11 @@ def test_training_checkpoint_exports_to_hf(model_dir, tmp_path):
 # ---------------------------------------------------------------- bench trainer
 
 
-def bench_trainer_session(rank, world_size, out):
+def bench_trainer_session(rank, world_size, out, loss="grpo"):
     from megatron_elo.cli import main
 
     return main(["bench", "trainer", "--batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1", "--peak-tflops", "0.5",
-                 "--out", out])
+                 "--loss", loss, "--out", out])
 
 
 def test_bench_trainer_reports_consistent_throughput_and_mfu(tmp_path):
@@ -621,14 +621,18 @@ def test_bench_trainer_reports_consistent_throughput_and_mfu(tmp_path):
     assert run_distributed(bench_trainer_session, 1, str(out), timeout=300)[0] == 0
     table = out.read_text()
     assert "shape small, batch 2 x 16" in table and "issue #5 reference" in table
-    row = next(line for line in table.splitlines() if line.startswith("| torch"))
-    optimizer, step_ms, tokens_per_s, mfu = (cell.strip() for cell in row.split("|")[2:6])
-    assert optimizer == "TorchOptimizer"  # auto on CPU
+    row = next(line for line in table.splitlines() if line.startswith("| grpo | torch"))
+    optimizer, step_ms, reference_ms, tokens_per_s, mfu = (cell.strip() for cell in row.split("|")[3:8])
+    assert optimizer == "TorchOptimizer" and reference_ms == "-"  # auto on CPU; GRPO has no reference pass
     assert float(tokens_per_s.replace(",", "")) == pytest.approx(2 * 16 / (float(step_ms) / 1e3), rel=0.01)
     expected_mfu = float(tokens_per_s.replace(",", "")) * train_flops_per_token(SHAPES["small"], 16) / 0.5e12
     assert float(mfu.rstrip("%")) == pytest.approx(100 * expected_mfu, rel=0.02, abs=0.05)
     reference_mfu = 32.8e3 * train_flops_per_token(SHAPES["qwen2.5-1.5b"], 2048) / 989e12
     assert 0.30 < reference_mfu < 0.36
+    assert run_distributed(bench_trainer_session, 1, str(out), "dpo", timeout=300)[0] == 0  # one pair per step
+    pair_row = next(line for line in out.read_text().splitlines() if line.startswith("| dpo | torch"))
+    assert float(pair_row.split("|")[5]) > 0  # its reference pass, timed
+    assert not out.read_text().count("| grpo |")
 
 
 def trimmed_and_on_policy_steps(rank, world_size, model_dir, batch):

@@ -8,16 +8,11 @@ live in ``validate.py``.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass
 from typing import Any, Literal
 
-
-def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
-    """A dataclass field with a help string (``help`` is shown by ``train --help``)."""
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
+from megatron_elo.config.pairs_schema import PairsConfig  # noqa: F401  (re-exported: every group from schema)
+from megatron_elo.config.schema_base import opt
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -254,13 +249,17 @@ class EloConfig:
 class AlgorithmConfig:
     """Which method turns games into rewards."""
 
-    name: Literal["elo_evolve", "static_pairwise", "point"] = opt("elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge score.")
+    name: Literal["elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline"] = opt(
+        "elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge "
+                      "score; pairs_online: preference pairs from each iteration's judged games (algorithm.pairs); "
+                      "pairs_offline: preference pairs from a file, no engine.")
     static_opponent: str | None = opt(None, "static_pairwise: the opponent's name.")
     reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (an HF sequence-classification "
                                                  "checkpoint, run with transformers on the driver) scores each answer; "
                                                  "None: the judge scores. Only the point recipe reads it.")
     tie_reward: float = opt(0.5, "Reward of a tie.")
     elo: EloConfig = opt(factory=EloConfig, help="Elo ratings and opponent sampling.")
+    pairs: PairsConfig = opt(factory=PairsConfig, help="Preference-pair training (pairs_online, pairs_offline).")
 
 
 @dataclass(kw_only=True)
@@ -305,7 +304,8 @@ class EvalConfig:
     split: Literal["held_out", "validation"] = opt("held_out", "Which prompts evaluation uses: held_out (the numbers "
                                                     "to report) or validation (while choosing settings, so the held-out "
                                                     "numbers stay untuned).")
-    num_prompts: int = opt(200, "Prompts per evaluation (the first ones of the split).")
+    num_prompts: int = opt(200, "Prompts per evaluation (the first ones of the split); 0: no evaluation at all (a "
+                                "pairs_offline run then needs no engine).")
     opponents: list[str] = opt(factory=list, help="Held-out opponent names (from `opponents`); empty: all.")
     temperature: float = opt(0.0, "0: the greedy policy against each opponent's greedy answer. > 0: samples_per_prompt "
                                   "policy samples at this temperature against one sampled answer per opponent (at the "

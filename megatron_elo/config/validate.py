@@ -16,6 +16,7 @@ from pathlib import Path
 from megatron_elo.config.hf_arch import read_hf_arch
 from megatron_elo.config.loader import ConfigError
 from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, RunConfig
+from megatron_elo.config.validate_pairs import PAIR_RECIPES, check_pairs
 
 
 def trainer_world_size(cfg: RunConfig) -> int:
@@ -382,8 +383,8 @@ def _check_batches(cfg: RunConfig, check: _Check) -> None:
         r.prompts_per_step % dp == 0,
         f"rollout.prompts_per_step={r.prompts_per_step}: not divisible by parallel.dp={dp} (prompts are DP-sharded)",
     )
-    check.need(
-        sequences % t.global_batch_size == 0,
+    check.need(  # a pair recipe's steps take whole pairs, however many its games give (validate_pairs.py)
+        cfg.algorithm.name in PAIR_RECIPES or sequences % t.global_batch_size == 0,
         f"trainer.global_batch_size={t.global_batch_size}: must divide the sequences per step "
         f"(rollout.prompts_per_step * rollout.n_per_prompt = {sequences})",
     )
@@ -413,6 +414,7 @@ def _check_algorithm(cfg: RunConfig, check: _Check, check_paths: bool = True) ->
         check.need(not check_paths or (reward_model.path is not None and Path(reward_model.path, "config.json").is_file()),
                    f"algorithm.reward_model.path: {reward_model.path!r} has no config.json; point it at a local HF "
                    f"sequence-classification checkpoint")
+    check_pairs(cfg, check.need, check_paths=check_paths)
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
     check.need(cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
@@ -453,9 +455,11 @@ def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:
                    f"data.synthetic.num_eval={synthetic.num_eval} + num_validation={synthetic.num_validation} leave none "
                    f"of the {problems} problems (max_operand={synthetic.max_operand}) for training; lower them")
         return
-    if not check.need(data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
+    offline = cfg.algorithm.name == "pairs_offline"  # its training rows come from algorithm.pairs.path
+    if not check.need(offline or data.train_path is not None, f"data.train_path: data.format={data.format} needs a prompts file"):
         return
-    check.need(data.eval_path is not None, f"data.eval_path: data.format={data.format} needs held-out prompts for evaluation")
+    check.need(data.eval_path is not None or cfg.eval.num_prompts == 0,
+               f"data.eval_path: data.format={data.format} needs held-out prompts for evaluation (or eval.num_prompts=0)")
     check.need(cfg.eval.split != "validation" or data.validation_path is not None,
                "data.validation_path: eval.split=validation evaluates on a validation file; name it")
     check.need(cfg.judge.kind != "programmatic" or data.reference_field is not None,

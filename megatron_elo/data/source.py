@@ -40,9 +40,9 @@ def load_prompt_sets(cfg: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
     from megatron_elo.data.prompts import PromptFields, read_prompts
 
     fields = PromptFields(prompt=data.prompt_field, id=data.id_field, reference=data.reference_field)
-    train = read_prompts(data.train_path, fields=fields)
+    train = read_prompts(data.train_path, fields=fields) if data.train_path else []  # pairs_offline: from its pair file
     path = data.eval_path if split == "held_out" else data.validation_path
-    evaluated = read_prompts(path, fields=fields)[: cfg.eval.num_prompts]
+    evaluated = read_prompts(path, fields=fields)[: cfg.eval.num_prompts] if cfg.eval.num_prompts else []
     seen = {p.text for p in train}
     overlap = sum(p.text in seen for p in evaluated)
     if overlap:

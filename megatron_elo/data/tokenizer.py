@@ -23,6 +23,9 @@ class PromptTokenizer(Protocol):
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """The ids the player continues (chat template applied when the tokenizer has one)."""
 
+    def encode_answer(self, text: str) -> list[int]:
+        """An answer's ids as the player would have sampled them (no special tokens, no EOS)."""
+
     def decode(self, ids: Sequence[int]) -> str:
         """Answer ids -> text, stopping at EOS, special tokens dropped."""
 
@@ -52,6 +55,10 @@ class ChatTokenizer:
         rendered = self.hf.apply_chat_template(prompt_messages(prompt, system_prompt=self.system_prompt), tokenize=False,
                                                add_generation_prompt=True, **self.template_kwargs)
         return self.hf.encode(rendered, add_special_tokens=False)  # the template already holds the special tokens
+
+    def encode_answer(self, text: str) -> list[int]:
+        """The answer's ids without special tokens (the caller ends it with EOS)."""
+        return self.hf.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text up to the first EOS, special tokens dropped."""

@@ -108,10 +108,21 @@ class Evaluator:
         return EvalResult(step=step, win_rate=rate, ci95=half, per_opponent=per_opponent, exact=exact)
 
 
-def build_evaluator(ctx: RunContext, sampler: PolicySampler) -> Evaluator:
+class NoEvaluation:
+    """``eval.num_prompts=0``: nothing is evaluated (the runner records no result)."""
+
+    def evaluate(self, step: int) -> None:
+        """No result."""
+        return None
+
+
+def build_evaluator(ctx: RunContext, sampler: PolicySampler | None) -> Evaluator | NoEvaluation:
     """The run's evaluation of the player behind ``sampler`` (``eval`` config, held-out prompts, the
-    driver's opponents and eval judge): what ``train`` and ``megatron-elo eval`` both use."""
+    driver's opponents and eval judge): what ``train`` and ``megatron-elo eval`` both use; none with
+    ``eval.num_prompts=0``."""
     cfg = ctx.cfg
+    if cfg.eval.num_prompts == 0:
+        return NoEvaluation()
     return Evaluator(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
                      opponents=ctx.opponents(), judge=ctx.eval_judge(),
                      opponent_names=cfg.eval.opponents or [o.name for o in cfg.opponents],

@@ -48,8 +48,9 @@ class PreparedRollouts:
     replica_of_row: torch.Tensor  # [P * n] the engine replica that sampled each row
 
 
-def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -> PolicyTrainer:
-    """This rank's trainer of ``cfg.model`` (``frozen``: a log-prob-only copy, e.g. the KL reference)."""
+def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo", loss_config=None) -> PolicyTrainer:
+    """This rank's trainer of ``cfg.model`` (``frozen``: a log-prob-only copy, e.g. the KL reference; ``loss`` /
+    ``loss_config``: the registry's loss and its settings, default GRPO's from ``cfg.trainer``)."""
     from megatron_elo.parallel.layout import ParallelLayout
     from megatron_elo.trainer.build import build_policy_trainer
     from megatron_elo.trainer.optimizer import DataParallelOptions
@@ -58,29 +59,34 @@ def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo") -
                                 dtype=cfg.trainer.precision, device=cfg.cluster.device,
                                 pad_vocab_to_multiple_of=cfg.model.pad_vocab_to_multiple_of, frozen=frozen,
                                 data_parallel=DataParallelOptions.from_config(cfg.parallel), loss=loss,
-                                layer_spec=cfg.model.layer_spec)
+                                layer_spec=cfg.model.layer_spec, loss_config=loss_config)
 
 
 class TrainedPlayer:
     """One trained model on every rank of the world (see the module docstring)."""
 
     def __init__(self, *, name: str, cfg: RunConfig, trainer: PolicyTrainer, reference: PolicyTrainer | None,
-                 sampler: PolicySampler, tokenizer: PromptTokenizer):
+                 sampler: PolicySampler | None, tokenizer: PromptTokenizer):
         self.name, self.cfg = name, cfg
         self.trainer, self.reference = trainer, reference
         self.sampler, self.tokenizer = sampler, tokenizer
 
     @classmethod
-    def build(cls, cfg: RunConfig, world: World, *, name: str, loss: str) -> TrainedPlayer:
-        """Trainer (and KL reference when trainer.kl_coef > 0) from cfg.model, then its colocated engine
-        (collective)."""
-        trainer = build_trainer(cfg, loss=loss)
-        reference = build_trainer(cfg, frozen=True, loss=loss) if cfg.trainer.kl_coef > 0 else None
-        engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype,
-                               distributed=world.size > 1)
+    def build(cls, cfg: RunConfig, world: World, *, name: str, loss: str, loss_config=None,
+              with_reference: bool | None = None, with_engine: bool = True) -> TrainedPlayer:
+        """Trainer from cfg.model (``loss`` / ``loss_config``: see ``build_trainer``), a frozen reference copy
+        (``with_reference``; default: when trainer.kl_coef > 0), then its colocated engine unless
+        ``with_engine`` is False (offline training without evaluation) (collective)."""
+        trainer = build_trainer(cfg, loss=loss, loss_config=loss_config)
+        with_reference = cfg.trainer.kl_coef > 0 if with_reference is None else with_reference
+        reference = build_trainer(cfg, frozen=True, loss=loss, loss_config=loss_config) if with_reference else None
         tokenizer = player_tokenizer(cfg.data, cfg.model)
-        return cls(name=name, cfg=cfg, trainer=trainer, reference=reference,
-                   sampler=PolicySampler(engine, world=world, tokenizer=tokenizer), tokenizer=tokenizer)
+        sampler = None
+        if with_engine:
+            engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype,
+                                   distributed=world.size > 1)
+            sampler = PolicySampler(engine, world=world, tokenizer=tokenizer)
+        return cls(name=name, cfg=cfg, trainer=trainer, reference=reference, sampler=sampler, tokenizer=tokenizer)
 
     # ------------------------------------------------------------ sampling
 
@@ -93,17 +99,21 @@ class TrainedPlayer:
         return self.sampler.respond(batch.prompts, batch.token_ids, settings, player=self.name)
 
     def sleep(self) -> None:
-        """Release the engine's memory for the update (GPU sleep mode; no-op on CPU)."""
-        self.sampler.engine.sleep()
+        """Release the engine's memory for the update (GPU sleep mode; no-op on CPU or without an engine)."""
+        if self.sampler is not None:
+            self.sampler.engine.sleep()
 
     def wake_up(self) -> None:
         """Take the engine's memory back before the weight sync."""
-        self.sampler.engine.wake_up()
+        if self.sampler is not None:
+            self.sampler.engine.wake_up()
 
     def sync_weights(self) -> None:
-        """Stream this rank's Megatron shard into its engine shard's layout (collective)."""
+        """Stream this rank's Megatron shard into its engine shard's layout (collective; nothing without an engine)."""
         from megatron_elo.rollout.weight_sync import hf_weight_stream
 
+        if self.sampler is None:
+            return
         engine = self.sampler.engine
         engine.load_weights(hf_weight_stream(self.trainer.model, self.trainer.groups, self.trainer.arch, engine=engine.shard()))
 

@@ -5,6 +5,8 @@
 | elo_evolve        | elo_evolve.py      | Elo-orchestrated, temperature T    | pairwise  | GRPO   | grpo |
 | static_pairwise   | static_pairwise.py | one fixed opponent                 | pairwise  | GRPO   | grpo |
 | point             | point.py           | none (each answer scored alone)    | absolute  | GRPO   | grpo |
+| pairs_online      | pairs_online.py    | tournament of the samples, or Elo  | pairwise  | pairs  | dpo, ipo, simpo, orpo, sppo, inpo |
+| pairs_offline     | pairs_offline.py   | none (a pair file)                 | none      | pairs  | dpo, ipo, simpo, orpo |
 
 The step they share is ``games.py``; ``base.py`` holds the registry and the protocol the runner uses.
 """

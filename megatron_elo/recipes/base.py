@@ -60,7 +60,9 @@ class Recipe(Protocol):
 
 RECIPES: dict[str, str] = {"elo_evolve": "megatron_elo.recipes.elo_evolve",
                            "static_pairwise": "megatron_elo.recipes.static_pairwise",
-                           "point": "megatron_elo.recipes.point"}
+                           "point": "megatron_elo.recipes.point",
+                           "pairs_online": "megatron_elo.recipes.pairs_online",
+                           "pairs_offline": "megatron_elo.recipes.pairs_offline"}
 
 
 def recipe_builder(name: str) -> Callable[[RunContext], Recipe]:

@@ -5,9 +5,9 @@ every step, so the curriculum follows the policy's strength.
 
 Where the next methods plug in: a prompt creator (eva) wraps ``recipe.prompts``; snapshot players
 (Temporal Self-Rewarding) join ``ctx.opponents()`` as frozen players whose model is an exported
-checkpoint; DPO-family training swaps ``GroupAdvantages`` for a pair builder and "grpo" for a pair loss
-from ``loss.registry``; several trained players (SPARTA) are several ``TrainedPlayer``s and a
-round-robin matchmaker.
+checkpoint; the pair losses are ``pairs_online.py`` (with ``algorithm.pairs.games=opponents`` it plays
+this same Elo pool: Elo-Evolve with DPO); several trained players (SPARTA) are several
+``TrainedPlayer``s and a round-robin matchmaker.
 """
 
 from __future__ import annotations

@@ -86,13 +86,17 @@ class GamesRecipe:
         cfg, world = ctx.cfg, ctx.world
         self.cfg, self.world = cfg, world
         self.pool, self.matchmaker = pool, matchmaker
-        self.policy = TrainedPlayer.build(cfg, world, name=POLICY, loss="grpo")
+        self.policy = self.build_policy(cfg, world)
         self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, self.policy.tokenizer) if world.is_driver else None
         self.opponents, self.judge = ctx.opponents(), ctx.judge()  # the driver's; None elsewhere
         self.signal = GroupAdvantages(n_per_prompt=cfg.rollout.n_per_prompt, std_normalize=cfg.trainer.std_normalize,
                                       kernels=cfg.trainer.kernels, device=self.policy.trainer.device)
         self.evaluator = build_evaluator(ctx, self.policy.sampler)
         self.pending = PendingStage() if cfg.rollout.overlap_judging else None
+
+    def build_policy(self, cfg, world) -> TrainedPlayer:
+        """The trained player with GRPO's loss (a pair recipe overrides this)."""
+        return TrainedPlayer.build(cfg, world, name=POLICY, loss="grpo")
 
     @property
     def trainer(self) -> PolicyTrainer:

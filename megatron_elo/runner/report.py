@@ -26,9 +26,8 @@ def step_metrics(record: StepRecord, *, seconds: float) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if record.train:
         last = record.train[-1]
-        metrics.update({"loss": float(np.mean([s.loss for s in record.train])), "pg_loss": last.pg_loss, "kl": last.kl,
-                        "entropy": last.entropy, "clip_fraction": last.clip_fraction, "grad_norm": last.grad_norm,
-                        "lr": last.lr})
+        metrics.update({"loss": float(np.mean([s.loss for s in record.train])), **last.metrics,
+                        "grad_norm": last.grad_norm, "lr": last.lr})
     signal, played = record.signal, record.played
     if signal is not None:
         rewards, valid = signal.rewards, signal.valid

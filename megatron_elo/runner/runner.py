@@ -180,7 +180,9 @@ class Runner:
         bar.advance()
         bar.update(**{name: metrics[key] for name, key in (("reward", "reward_mean"), ("elo", "elo/policy")) if key in metrics})
 
-    def _log_eval(self, result: EvalResult, tracker: Tracker, world: World) -> None:
+    def _log_eval(self, result: EvalResult | None, tracker: Tracker, world: World) -> None:
+        if result is None:  # eval.num_prompts=0
+            return
         self.run_state.evals.append(dataclasses.asdict(result))
         metrics = {"eval/win_rate": result.win_rate, "eval/win_rate_ci95": result.ci95, "eval/exact": result.exact}
         metrics.update({f"eval/win_rate/{k}": v for k, v in result.per_opponent.items()})
@@ -193,13 +195,14 @@ class Runner:
         self.registry.save(self.recipe.trainer, self.run_dir / "checkpoints", keep_last=self.cfg.checkpoint.keep_last,
                            is_driver=world.is_driver)
 
-    def _finish(self, final: EvalResult, tracker: Tracker) -> dict:
-        """Artifacts, the HF export and the summary (driver)."""
+    def _finish(self, final: EvalResult | None, tracker: Tracker) -> dict:
+        """Artifacts, the HF export and the summary (driver; the win rates are None without evaluation)."""
         ratings = self.recipe.ratings()
         write_artifacts(self.cfg, self.run_dir, rated=list(ratings), elo_history=self.run_state.elo_history,
                         evals=self.run_state.evals, last=self.last_record, tracker=tracker)
         export = export_final(self.cfg, self.run_dir, tracker)
-        first = self.run_state.evals[0]
+        first = self.run_state.evals[0] if self.run_state.evals else {"win_rate": None, "exact": None}
+        final = final or EvalResult(step=self.run_state.step, win_rate=None, ci95=None, per_opponent={}, exact=None)
         summary = {"finished": True, "step": self.run_state.step, "win_rate_before": first["win_rate"],
                    "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
                    "exact_after": final.exact, "elo": ratings, "mlflow": tracker.location,

@@ -43,6 +43,10 @@ class CharTokenizer:
         """[BOS] + the prompt's characters: what the policy is asked to continue (no chat template)."""
         return [self.bos_id, *self.encode(prompt if isinstance(prompt, str) else prompt.text)]
 
+    def encode_answer(self, text: str) -> list[int]:
+        """An answer's characters -> ids (no EOS)."""
+        return self.encode(text)
+
     def decode(self, ids) -> str:
         """Ids -> text, stopping at EOS; ids outside the alphabet become '?'."""
         out = []

@@ -2,6 +2,7 @@
 
     megatron-elo bench trainer                                             # CPU: a small Qwen2 shape, batch 2 x 256
     megatron-elo bench trainer --padding --batch 16 --micro-batch 2 --seq 512   # trimmed micro-batches, skipped old pass
+    megatron-elo bench trainer --loss grpo dpo --batch 8 --micro-batch 4   # a pair loss (4 pairs per step) beside GRPO
     megatron-elo bench trainer --shape qwen2.5-1.5b --batch 4 --seq 2048 --device cuda --dtype bf16 --kernels torch triton \
         --optimizer megatron_core torch
 
@@ -13,6 +14,10 @@ response tokens, grad clipping, AdamW. Per ``--kernels`` x ``--optimizer`` setti
 allocated at once, model, gradients and optimizer state included, comparable across optimizers that
 allocate their buffers at build or during the step; CPU: the process's peak RSS). The reference row is issue #5's
 measurement on an H100 (megatron-core local spec + SDPA, bf16, Qwen2.5-1.5B shape, 4 x 2048).
+
+``--loss`` a pair loss (dpo, ipo, simpo, orpo, sppo, inpo): rows are (chosen, rejected) pairs and the
+table adds the reference pass (one no-grad forward of the batch, what ``reference=initial`` costs once per
+pair); the loss itself is arithmetic on [B] sequence sums, so the log-prob side is the same as GRPO's.
 
 MFU counts the model's matmul flops (Megatron's convention, full attention score matrices): per token
 forward 2 * (h*(q + 2*kv) + q*h + 3*h*f) per layer + 4 * s * q per layer (scores and values) + 2*h*V for
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
+from megatron_elo.loss.preference import PairLossConfig
 
 SHAPES = {  # HF-config shapes with random weights
     "small": ArchConfig(family="qwen2", num_layers=4, hidden_size=256, ffn_hidden_size=704, num_attention_heads=4,
@@ -50,7 +56,9 @@ class TrainerRow:
 
     kernels: str
     optimizer: str
+    loss: str
     step_ms: float
+    reference_ms: float | None  # pair losses: the no-grad reference forward of the batch
     tokens_per_s: float
     mfu: float | None
     peak_gb: float
@@ -83,10 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--padding", action="store_true",
                         help="instead: one rollout batch's trainer work (old-log-prob pass + update) with responses of "
                              "varied length, padded vs trimmed micro-batches vs trimmed and on-policy (no old pass)")
+    parser.add_argument("--loss", nargs="+", default=["grpo"], choices=["grpo", "dpo", "ipo", "simpo", "orpo", "sppo", "inpo"],
+                        help="losses to time on the same rows; a pair loss takes --batch as chosen and rejected rows (even)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
 
 
-def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer: str, trim: bool = True):
+def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer: str, trim: bool = True,
+             loss: str = "grpo"):
     from megatron_elo.models.gpt import build_gpt_model
     from megatron_elo.parallel.groups import build_process_groups
     from megatron_elo.parallel.layout import ParallelLayout
@@ -100,27 +111,42 @@ def _trainer(arch: ArchConfig, args: argparse.Namespace, kernels: str, optimizer
             parameter.normal_(0.0, 0.02)
     config = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch or args.batch, global_batch_size=args.batch,
                            kernels=kernels, precision=args.dtype, optimizer=optimizer, trim_micro_batches=trim)
+    loss_config = None if loss == "grpo" else PairLossConfig(loss=loss)
     return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=arch.vocab_size, total_steps=10**6,
-                         data_parallel=DataParallelOptions(distributed_optimizer=args.distributed_optimizer))
+                         data_parallel=DataParallelOptions(distributed_optimizer=args.distributed_optimizer), loss=loss,
+                         loss_config=loss_config)
 
 
-def _batch(arch: ArchConfig, args: argparse.Namespace, trainer):
+def _batch(arch: ArchConfig, args: argparse.Namespace, trainer, loss: str):
     from megatron_elo.trainer.step import TrainBatch
 
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, arch.vocab_size, (args.batch, args.seq), generator=generator).to(args.device)
     mask = torch.zeros(args.batch, args.seq, dtype=torch.bool, device=args.device)
     mask[:, args.seq // 2:] = True  # the second half of each row is the response
-    old = trainer.compute_logprobs(tokens) * mask
     advantages = torch.where(torch.arange(args.batch) % 2 == 0, 1.0, -1.0).to(args.device)
+    if loss != "grpo":  # rows 2i, 2i + 1: a pair; its references' sums from one no-grad pass, as the recipes do
+        sums = (trainer.compute_logprobs(tokens, mask=mask) * mask).sum(dim=1)
+        return TrainBatch(tokens=tokens, response_mask=mask, advantages=torch.zeros_like(advantages), old_logprobs=None,
+                          ref_sequence_logprobs=sums - 0.1, start_sequence_logprobs=sums + 0.1)
+    old = trainer.compute_logprobs(tokens) * mask
     return TrainBatch(tokens=tokens, response_mask=mask, advantages=advantages, old_logprobs=old)
 
 
-def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRow:
-    """Time ``args.steps`` train steps of one (``--kernels``, ``--optimizer``) setting."""
+def _reference_ms(trainer, batch, cuda: bool) -> float:
+    """One no-grad forward of the batch (a pair loss's reference pass), ms."""
+    start = time.perf_counter()
+    trainer.compute_logprobs(batch.tokens, mask=batch.response_mask)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(args: argparse.Namespace, kernels: str, optimizer: str, loss: str = "grpo") -> TrainerRow:
+    """Time ``args.steps`` train steps of one (``--kernels``, ``--optimizer``, ``--loss``) setting."""
     arch = SHAPES[args.shape]
-    trainer = _trainer(arch, args, kernels, optimizer)
-    batch = _batch(arch, args, trainer)
+    trainer = _trainer(arch, args, kernels, optimizer, loss=loss)
+    batch = _batch(arch, args, trainer, loss)
     cuda = args.device == "cuda"
     if cuda:
         gc.collect()  # the previous setting's trainer (megatron-core's DDP hooks make reference cycles)
@@ -140,8 +166,9 @@ def measure(args: argparse.Namespace, kernels: str, optimizer: str) -> TrainerRo
     peak = args.peak_tflops or (H100_BF16_DENSE_TFLOPS if cuda else None)
     mfu = tokens_per_s * train_flops_per_token(arch, args.seq) / (peak * 1e12) if peak else None
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return TrainerRow(kernels=kernels, optimizer=type(trainer.optimizer).__name__, step_ms=step_s * 1e3,
-                      tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
+    reference_ms = _reference_ms(trainer, batch, cuda) if loss != "grpo" else None
+    return TrainerRow(kernels=kernels, optimizer=type(trainer.optimizer).__name__, loss=loss, step_ms=step_s * 1e3,
+                      reference_ms=reference_ms, tokens_per_s=tokens_per_s, mfu=mfu, peak_gb=peak_gb)
 
 
 PADDING_VARIANTS = (  # (label, trim_micro_batches, separate old-log-prob pass)
@@ -211,10 +238,13 @@ def format_table(rows: list[TrainerRow], args: argparse.Namespace) -> str:
     memory = "peak GB allocated" if args.device == "cuda" else "process peak RSS GB"
     lines = [f"bench trainer on {device_label(args.device, 'one process')}: shape {args.shape}, batch {args.batch} x {args.seq}, "
              f"micro-batch {args.micro_batch or args.batch}, {args.dtype}, median of {args.steps} after {args.warmup} warm-up",
-             "", f"| kernels | optimizer | step ms | tokens/s | MFU | {memory} |", "|---|---|---|---|---|---|"]
+             "", f"| loss | kernels | optimizer | step ms | reference pass ms | tokens/s | MFU | {memory} |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         mfu = f"{100 * row.mfu:.1f}%" if row.mfu is not None else "- (give --peak-tflops)"
-        lines.append(f"| {row.kernels} | {row.optimizer} | {row.step_ms:.1f} | {row.tokens_per_s:,.0f} | {mfu} | {row.peak_gb:.2f} |")
+        reference = f"{row.reference_ms:.1f}" if row.reference_ms is not None else "-"
+        lines.append(f"| {row.loss} | {row.kernels} | {row.optimizer} | {row.step_ms:.1f} | {reference} | "
+                     f"{row.tokens_per_s:,.0f} | {mfu} | {row.peak_gb:.2f} |")
     lines += ["", REFERENCE]
     return "\n".join(lines)
 
@@ -227,6 +257,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("bench trainer: --batch >= 1, --seq >= 2 and --steps >= 1 are needed")
     if args.micro_batch is not None and args.batch % args.micro_batch:
         raise ValueError(f"bench trainer: --micro-batch {args.micro_batch} must divide --batch {args.batch}")
+    pair_losses = [loss for loss in args.loss if loss != "grpo"]
+    if pair_losses and (args.batch % 2 or (args.micro_batch or args.batch) % 2):
+        raise ValueError("bench trainer: a pair loss needs an even --batch and --micro-batch (chosen and rejected rows)")
+    if pair_losses and args.padding:
+        raise ValueError("bench trainer: --padding times GRPO's old-log-prob pass; leave --loss at grpo")
     if "triton" in args.kernels and args.device == "cpu":
         from kernels._runtime import enable_interpreter_without_cuda
 
@@ -237,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if args.padding:
         emit_table(format_padding_table(measure_padding(args), args), args.out)
         return 0
-    rows = [measure(args, kernels, optimizer) for kernels in args.kernels for optimizer in args.optimizer]
+    rows = [measure(args, kernels, optimizer, loss) for loss in args.loss for kernels in args.kernels
+            for optimizer in args.optimizer]
     emit_table(format_table(rows, args), args.out)
     return 0

@@ -12,11 +12,12 @@ from megatron_elo.trainer.step import PolicyTrainer
 def build_policy_trainer(model_dir: str, layout: ParallelLayout, config: TrainerConfig, *, total_steps: int,
                          dtype: str = "fp32", device: str = "cpu", pad_vocab_to_multiple_of: int | None = None,
                          frozen: bool = False, data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS,
-                         loss: str = "grpo", layer_spec: str = "auto") -> PolicyTrainer:
+                         loss: str = "grpo", layer_spec: str = "auto", loss_config=None) -> PolicyTrainer:
     """The trainer for this rank's (tp, pp) shard of the HF checkpoint ``model_dir`` (``frozen``: only
     for log-probs, e.g. the KL reference, so it gets no optimizer; ``data_parallel``: the distributed
     optimizer and overlapped reduction of ``trainer.optimizer`` megatron_core; ``loss``: a name in
-    ``loss.registry``; ``layer_spec``: ``model.layer_spec``).
+    ``loss.registry``, ``loss_config`` its settings (default GRPO's, from ``config``); ``layer_spec``:
+    ``model.layer_spec``).
 
     Collective: every rank of the (already initialised) world calls it with the same layout.
     """
@@ -31,4 +32,4 @@ def build_policy_trainer(model_dir: str, layout: ParallelLayout, config: Trainer
     model = build_gpt_model(arch, groups, padded_vocab=padded, dtype=dtype, device=device, spec=layer_spec)
     load_full_state(model, hf_to_megatron(load_hf_state_dict(model_dir), arch, padded_vocab=padded), arch, groups)
     return PolicyTrainer(model=model, groups=groups, arch=arch, config=config, padded_vocab=padded, total_steps=total_steps,
-                         frozen=frozen, data_parallel=data_parallel, loss=loss)
+                         frozen=frozen, data_parallel=data_parallel, loss=loss, loss_config=loss_config)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from megatron_elo.config.schema import ArchConfig, TrainerConfig
 from megatron_elo.loss.reference import PolicyLossConfig
-from megatron_elo.loss.registry import get_loss
+from megatron_elo.loss.registry import get_loss_spec
 from megatron_elo.models.gpt import output_layer_returns_hidden
 from megatron_elo.parallel.groups import ProcessGroups
 from megatron_elo.trainer.logprobs import shift_to_tokens, vocab_parallel_logprobs
@@ -52,6 +52,11 @@ class TrainBatch:
     # (one optimizer step per rollout batch), the current log-probs detached: no separate forward pass
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None = None  # [B, S] float: the frozen reference's, for the KL term
+    # pair losses (rows 2i, 2i + 1: pair i's chosen and rejected; loss/preference.py): [B] sequence log-probs,
+    # nats, under the initial model and under the weights at the iteration's start; [B] win probabilities (SPPO)
+    ref_sequence_logprobs: torch.Tensor | None = None
+    start_sequence_logprobs: torch.Tensor | None = None
+    win_probs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -86,13 +91,11 @@ class StepStats:
     """What one optimizer step did (identical on every rank)."""
 
     loss: float
-    pg_loss: float
-    kl: float
-    entropy: float
-    clip_fraction: float
     grad_norm: float
     lr: float
     response_tokens: int
+    # the loss's own statistics, step means (GRPO: pg_loss, kl, entropy, clip_fraction; pairs: loss/preference.py)
+    metrics: dict[str, float] = field(default_factory=dict)
     # [B, S] this rank's log-probs under the weights before the step, when the batch came without old
     # log-probs (last pipeline stage; None elsewhere): what the sampler-gap check compares with
     logprobs: torch.Tensor | None = field(default=None, compare=False, repr=False)
@@ -140,17 +143,20 @@ class PolicyTrainer:
 
     def __init__(self, *, model: torch.nn.Module, groups: ProcessGroups, arch: ArchConfig, config: TrainerConfig,
                  padded_vocab: int, total_steps: int, frozen: bool = False,
-                 data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS, loss: str = "grpo"):
+                 data_parallel: DataParallelOptions = NO_DATA_PARALLEL_OPTIONS, loss: str = "grpo",
+                 loss_config=None):
         self.model = model
         self.groups = groups
         self.arch = arch
         self.config = config
         self.total_steps = total_steps
-        self.loss_config = PolicyLossConfig.from_trainer(config)
+        # GRPO's from trainer.*; a pair loss's (loss.preference.PairLossConfig) from algorithm.pairs
+        self.loss_config = loss_config if loss_config is not None else PolicyLossConfig.from_trainer(config)
         self.fused = config.kernels == "triton"
         if self.fused:
             import kernels.linear_logprob  # noqa: F401  (fail at start-up, not at the first step, if triton is missing)
-        self.loss_fn = get_loss(loss, fused=self.fused)  # the loss registry's (loss/registry.py)
+        self.loss_spec = get_loss_spec(loss)  # the loss registry's (loss/registry.py)
+        self.loss_fn = self.loss_spec.pick(fused=self.fused)
         self.local_vocab = padded_vocab // groups.layout.tp
         self.device = next(model.parameters()).device
         self.pipeline_schedule = pick_pipeline_schedule(config.pipeline_schedule, device=self.device, pp=groups.layout.pp)
@@ -158,6 +164,7 @@ class PolicyTrainer:
         self.optimizer: TrainerOptimizer | None = None if frozen else build_optimizer(
             config.optimizer, model=model, groups=groups, arch=arch, config=config, data_parallel=data_parallel)
         self.step = 0
+        self.schedule_position: int | None = None  # see current_lr
 
     # ------------------------------------------------------------ forward through the pipeline
 
@@ -272,11 +279,9 @@ class PolicyTrainer:
     # ------------------------------------------------------------ the step
 
     def _loss_normalizer(self, batch: TrainBatch) -> float:
-        """Global count the loss is divided by: response tokens (token_mean) or sequences with one
-        (seq_mean), over every micro-batch and DP rank of this step."""
-        mask = batch.response_mask
-        local = mask.sum() if self.config.loss_agg == "token_mean" else (mask.sum(dim=1) > 0).sum()
-        total = local.to(torch.float64).reshape(1)
+        """Global count the loss is divided by (the loss's ``count``: GRPO's response tokens or sequences,
+        a pair loss's pairs), over every micro-batch and DP rank of this step."""
+        total = torch.tensor([self.loss_spec.count(batch, self.loss_config)], dtype=torch.float64, device=self.device)
         if self.groups.layout.dp > 1:
             dist.all_reduce(total, group=self.groups.dp)
         return float(total.item())
@@ -286,13 +291,14 @@ class PolicyTrainer:
         Returns the summed loss statistics (before the optimizer step)."""
         normalizer = self._loss_normalizer(batch)
         self.optimizer.zero_grad()
-        totals = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, pg, kl, entropy, clipped-token count
+        names = self.loss_spec.stat_names
+        totals = torch.zeros(1 + len(names), dtype=torch.float64, device=self.device)  # the loss, then its statistics
 
         current: list[torch.Tensor] = []  # on-policy batches: the log-probs the loss used as old ones
 
         def loss_of(micro: TrainBatch, output):
-            loss, stats, clipped, logprobs = self._micro_loss(output, micro, normalizer)
-            totals.add_(torch.tensor([loss.item(), stats.pg_loss, stats.kl, stats.entropy, clipped], dtype=torch.float64,
+            loss, stats, logprobs = self._micro_loss(output, micro, normalizer)
+            totals.add_(torch.tensor([loss.item(), *(stats[name] for name in names)], dtype=torch.float64,
                                      device=self.device))
             if micro.old_logprobs is None:
                 current.append(logprobs.detach())
@@ -331,12 +337,11 @@ class PolicyTrainer:
             dist.send(received.grad.contiguous(), dst=self._pp_peer(-1))
 
     def _micro_loss(self, output, micro: TrainBatch, normalizer: float):
-        logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=True)  # entropy is always logged
+        logprobs, entropy = self._token_logprobs(output, micro.tokens, with_entropy=self.loss_spec.needs_entropy)
         if micro.old_logprobs is None:  # exactly on-policy: the same numbers a separate no-grad pass would give
             micro = replace(micro, old_logprobs=logprobs.detach())
         loss, stats = self.loss_fn(logprobs, micro, entropy=entropy, config=self.loss_config, normalizer=normalizer)
-        clipped_tokens = stats.clip_fraction * float(micro.response_mask.sum())
-        return loss, stats, clipped_tokens, logprobs
+        return loss, stats, logprobs
 
     def _share_stats(self, totals: torch.Tensor, batch: TrainBatch) -> dict[str, float]:
         """Sum loss statistics over DP ranks (each already divided by the global normalizer) and
@@ -348,13 +353,16 @@ class PolicyTrainer:
             dist.all_reduce(totals, group=self.groups.pp)
         if self.groups.layout.dp > 1:
             dist.all_reduce(totals, group=self.groups.dp)
-        loss, pg_loss, kl, entropy, clipped, tokens = totals.tolist()
-        return {"loss": loss, "pg_loss": pg_loss, "kl": kl, "entropy": entropy,
-                "clip_fraction": clipped / max(tokens, 1.0), "response_tokens": tokens}
+        loss, *sums, tokens = totals.tolist()
+        metrics = self.loss_spec.finish(dict(zip(self.loss_spec.stat_names, sums, strict=True)), tokens)
+        return {"loss": loss, **metrics, "response_tokens": tokens}
 
     def current_lr(self) -> float:
-        """The learning rate of the next optimizer step (warmup, then the decay schedule)."""
-        return self.config.lr * lr_factor(self.step, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps,
+        """The learning rate of the next optimizer step (warmup, then the decay schedule), at optimizer step
+        ``self.step``, or at ``schedule_position`` when a recipe sets it (pair recipes: the iteration, so that
+        trainer.steps iterations span the schedule however many optimizer steps each one's pairs fill)."""
+        position = self.step if self.schedule_position is None else self.schedule_position
+        return self.config.lr * lr_factor(position, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps,
                                           schedule=self.config.lr_schedule,
                                           min_ratio=self.config.min_lr / self.config.lr)
 
@@ -372,9 +380,11 @@ class PolicyTrainer:
         self.model.train()
         summed = self.forward_backward(batch.to(self.device))
         norm, lr = self.optimizer_step()
-        return StepStats(loss=summed["loss"], pg_loss=summed["pg_loss"], kl=summed["kl"], entropy=summed["entropy"],
-                         clip_fraction=summed["clip_fraction"], grad_norm=norm, lr=lr,
-                         response_tokens=int(summed["response_tokens"]), logprobs=summed["logprobs"])
+        return StepStats(loss=summed["loss"], grad_norm=norm, lr=lr, response_tokens=int(summed["response_tokens"]),
+                         metrics={k: v for k, v in summed.items() if k not in _NOT_LOSS_METRICS}, logprobs=summed["logprobs"])
+
+
+_NOT_LOSS_METRICS = ("loss", "response_tokens", "logprobs")  # forward_backward's keys besides the loss's statistics
 
 
 def _with_token_count(loss: torch.Tensor, reported: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
