@@ -111,6 +111,11 @@ class PairRows:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    @property
+    def response_tokens(self) -> float:
+        """Answer tokens over every pair, both sides."""
+        return float(sum(len(a) + len(b) for a, b in zip(self.chosen_ids, self.rejected_ids, strict=True)))
+
     @classmethod
     def from_rollouts(cls, batch: PromptBatch, rollouts: list[list[Response]], signal: PairSignal) -> PairRows:
         """The pairs of ``signal``: the prompt's ids and the two samples' answer ids."""

@@ -84,7 +84,7 @@ class PairsOfflineRecipe:
                                         waiting_for=f"the driver's pairs of step {step}")
         with timed(timings, "train"):
             stats = self.updater.train(rows, step=step)
-        tokens = float(sum(len(a) + len(b) for a, b in zip(rows.chosen_ids, rows.rejected_ids, strict=True)))
+        tokens = rows.response_tokens
         extra = self.pairs.metrics() if self.pairs is not None else {}
         return StepRecord(step=step + 1, train=tuple(stats), response_tokens=tokens, timings=timings, extra_metrics=extra)
 

@@ -70,7 +70,7 @@ class PairsOnlineRecipe(GamesRecipe):
             self.policy.wake_up()
             if stats:
                 self.policy.sync_weights()
-        tokens = float(sum(len(a) + len(b) for a, b in zip(rows.chosen_ids, rows.rejected_ids, strict=True)))
+        tokens = rows.response_tokens
         return self._pair_record(step, stats, timings, played, signal, metrics, tokens=tokens)
 
     def _play_pairs(self, batch: PromptBatch, rollouts: list[list[Response]], step: int,
