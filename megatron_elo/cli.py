@@ -163,17 +163,56 @@ def print_summary(summary: dict) -> None:
         print(f"MLflow: {summary['mlflow']}  (browse: mlflow ui --backend-store-uri {summary['mlflow'].split(' ')[0]})")
 
 
+def parse_models(items: list[str]) -> dict[str, str]:
+    """--models NAME=PATH ... -> {name: path}."""
+    models = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError([f"--models {item!r}: write NAME=PATH (an HF model directory)"])
+        models[name] = path
+    return models
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from megatron_elo.recipes import NotSupportedYet
     from megatron_elo.runner.runner import evaluate_checkpoint
 
     cfg = load_and_validate(args.config, args.overrides)
+    if args.benchmark:
+        return _eval_benchmarks(cfg, args)
+    if args.models:
+        raise ConfigError(["--models: only with --benchmark (the held-out win rate evaluates the run's own checkpoints)"])
+    for checkpoint in args.checkpoint or [None]:
+        try:
+            result = evaluate_checkpoint(cfg, checkpoint)
+        except NotSupportedYet as err:
+            raise NotBuiltYet(str(err)) from None
+        print(f"step {result.step}: {cfg.eval.split.replace('_', '-')} win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
+              + ", ".join(f"vs {k} {v:.3f}" for k, v in result.per_opponent.items()))
+    return 0
+
+
+def _eval_benchmarks(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from megatron_elo.harness.questions import BenchmarkFileError
+    from megatron_elo.harness.report import format_table
+    from megatron_elo.harness.run import run_benchmarks, selected_benchmarks
+
     try:
-        result = evaluate_checkpoint(cfg, args.checkpoint)
-    except NotSupportedYet as err:
-        raise NotBuiltYet(str(err)) from None
-    print(f"step {result.step}: {cfg.eval.split.replace('_', '-')} win rate {result.win_rate:.3f} (95% CI +-{result.ci95:.3f}), exact {result.exact:.2f}; "
-          + ", ".join(f"vs {k} {v:.3f}" for k, v in result.per_opponent.items()))
+        selected_benchmarks(cfg, args.benchmark)
+        results, speed = run_benchmarks(cfg, args.benchmark, checkpoints=args.checkpoint, models=parse_models(args.models))
+    except BenchmarkFileError as err:
+        raise ConfigError([str(err)]) from None
+    for result in results:
+        print(format_table(result) + "\n")
+    judged = sum(r.judge.get("judged", 0.0) for r in results)
+    per_s = [r.judge["judged_per_s"] for r in results if r.judge.get("judged")]
+    print(f"answers generated: {speed['answers_per_s']:.2f} prompts/s; judge: {judged:.0f} prompts judged"
+          + (f", {sum(per_s) / len(per_s):.2f} judge prompts/s (a pairwise game is two)" if per_s
+             else " (all from the judgment store)"))
+    print(f"reports: {Path(cfg.output_dir) / cfg.run_name / 'eval'}")
     return 0
 
 
@@ -284,10 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --dry-run: check the layout without the model / data files on this machine (uses the YAML's arch)")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="held-out win rate of a checkpoint against the eval opponents", formatter_class=raw,
-                              epilog=CONFIG_HELP)
+    evaluate = sub.add_parser("eval", help="held-out win rate of checkpoints, or benchmarks (AlpacaEval / MT-Bench / "
+                                           "Arena-Hard style) with the LLM judge", formatter_class=raw, epilog=CONFIG_HELP)
     add_config_args(evaluate)
-    evaluate.add_argument("--checkpoint", help="checkpoint directory (default: newest in the run's output_dir)")
+    evaluate.add_argument("--checkpoint", nargs="+", default=[], help="checkpoint directories (default: the newest in "
+                                                                      "the run's output_dir, else model.path)")
+    evaluate.add_argument("--benchmark", action="append", default=[], help="a benchmark of eval.benchmarks (repeatable; "
+                                                                           "'all': every one); without it: the held-out win rate")
+    evaluate.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH",
+                          help="HF model directories to evaluate beside (or instead of) checkpoints (with --benchmark)")
     evaluate.set_defaults(handler=cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard, loop)")

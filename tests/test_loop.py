@@ -311,17 +311,6 @@ def test_a_crash_marks_the_run_failed(players, tmp_path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_recipes_refuse_what_they_cannot_run_yet(players, tmp_path):
-    from types import SimpleNamespace
-
-    from megatron_elo.recipes import NotSupportedYet, recipe_builder
-
-    cfg = small_config(tmp_path, players)
-    cfg.judge.kind, cfg.algorithm.name = "llm", "point"
-    with pytest.raises(NotSupportedYet, match="point-wise"):
-        recipe_builder("point")(SimpleNamespace(cfg=cfg))  # refused before anything is built
-
-
 def llm_judged_run(rank, world_size, cfg, config_file):
     """Train, then `megatron-elo eval` its final checkpoint (the CLI, in this fresh process)."""
     import contextlib

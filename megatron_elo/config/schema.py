@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass
 from typing import Any, Literal
 
+from megatron_elo.config.eval_schema import BenchmarkConfig
 from megatron_elo.config.pairs_schema import PairsConfig  # noqa: F401  (re-exported: every group from schema)
 from megatron_elo.config.schema_base import opt
 
@@ -214,6 +215,8 @@ class JudgeConfig:
     model: ModelConfig | None = opt(None, "LLM judge model (kind=llm).")
     engine: EngineConfig = opt(factory=lambda: EngineConfig(placement="dedicated"), help="LLM judge engine layout.")
     template: str | None = opt(None, "Pairwise judge prompt template file (kind=llm); default: built-in.")
+    grade_template: str | None = opt(None, "algorithm.name=point with kind=llm: the 1-10 grading template ({question}, "
+                                           "{answer}; reply 'Rating: [[7]]'); default configs/eval/single_grade/single.txt.")
     swap_positions: bool = opt(True, "Judge both orders; a verdict that flips with the order is a tie.")
     logprob_verdicts: bool = opt(False, "Decide by log p(A / B / C) of the token after '[[' (one decoding step, its top "
                                         "log-probs) instead of generating and parsing a reply.")
@@ -314,6 +317,12 @@ class EvalConfig:
     samples_per_prompt: int = opt(1, "Policy samples per held-out prompt; must be 1 when temperature is 0.")
     seed: int = opt(0, "Sampling seed of evaluation (policy samples, opponents' sampled answers); apart from the "
                        "run's seed, so runs of every seed and method are evaluated on the same draws.")
+    benchmarks: list[BenchmarkConfig] = opt(factory=list, help="Benchmarks of the offline harness (`megatron-elo eval "
+                                                              "--benchmark NAME`): AlpacaEval-, MT-Bench- and "
+                                                              "Arena-Hard-style, with the LLM judge.")
+    benchmark: str | None = opt(None, "Training's periodic evaluation runs this benchmark (a name in benchmarks) on the "
+                                      "policy instead of the game-based held-out win rate; its headline number is "
+                                      "eval/win_rate (single_grade: the mean grade / 10).")
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from megatron_elo.config.hf_arch import read_hf_arch
 from megatron_elo.config.loader import ConfigError
 from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, RunConfig
+from megatron_elo.config.validate_eval import check_benchmarks
 from megatron_elo.config.validate_pairs import PAIR_RECIPES, check_pairs
 
 
@@ -415,6 +416,7 @@ def _check_algorithm(cfg: RunConfig, check: _Check, check_paths: bool = True) ->
                    f"algorithm.reward_model.path: {reward_model.path!r} has no config.json; point it at a local HF "
                    f"sequence-classification checkpoint")
     check_pairs(cfg, check.need, check_paths=check_paths)
+    check_benchmarks(cfg, check.need, check_paths=check_paths)
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
     check.need(cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
@@ -439,6 +441,13 @@ def _check_judge_template(cfg: RunConfig, check: _Check, check_paths: bool) -> N
         load_template(cfg.judge.template)
     except (OSError, ValueError) as err:
         check.problems.append(str(err))
+    if cfg.algorithm.name == "point" and cfg.algorithm.reward_model is None:
+        from megatron_elo.judges.grading import load_grade_template
+
+        try:
+            load_grade_template(cfg.judge.grade_template)
+        except (OSError, ValueError) as err:
+            check.problems.append(f"judge.grade_template: {err}")
 
 
 def _check_data(cfg: RunConfig, check: _Check, check_paths: bool) -> None:

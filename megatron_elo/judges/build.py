@@ -15,8 +15,9 @@ from megatron_elo.judges.base import Judge
 
 def build_judge(cfg: RunConfig, *, world_size: int, training: bool = True) -> Judge:
     """The training judge: ``algorithm.reward_model`` when set (scores single answers), else by
-    ``judge.kind`` the task's checker with ``judge.noise`` or the LLM judge on its own engine
-    (``training=False``: the ``judge`` section whatever the reward model, for evaluation's pairs)."""
+    ``judge.kind`` the task's checker with ``judge.noise`` or the LLM judge on its own engine (for
+    ``point``: grading single answers 1-10, ``GradingJudge``; ``training=False``: the ``judge``
+    section whatever the reward model, for evaluation's pairs)."""
     reward_model = cfg.algorithm.reward_model
     if training and reward_model is not None:
         from megatron_elo.judges.reward_model import RewardModelJudge
@@ -29,8 +30,13 @@ def build_judge(cfg: RunConfig, *, world_size: int, training: bool = True) -> Ju
         return ArithmeticJudge(noise=cfg.judge.noise, swap_positions=cfg.judge.swap_positions)
     from megatron_elo.judges.llm import build_llm_judge
 
-    return build_llm_judge(cfg.judge, seed=cfg.seed, cluster=cfg.cluster, world_size=world_size,
-                           log_dir=Path(cfg.output_dir) / "engine_logs")
+    judge = build_llm_judge(cfg.judge, seed=cfg.seed, cluster=cfg.cluster, world_size=world_size,
+                            log_dir=Path(cfg.output_dir) / "engine_logs")
+    if training and cfg.algorithm.name == "point":  # absolute scoring: 1-10 grades, pairs (evaluation) on the same engine
+        from megatron_elo.judges.grading import GradingJudge, load_grade_template
+
+        return GradingJudge(pairwise=judge, template=load_grade_template(cfg.judge.grade_template))
+    return judge
 
 
 def answers_are_checkable(cfg: RunConfig) -> bool:

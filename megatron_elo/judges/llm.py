@@ -149,9 +149,12 @@ class LLMJudge:
     def render(self, question: str, answer_a: str, answer_b: str) -> str:
         """The judge's prompt text: the filled template as a user turn, then the assistant prefix."""
         user = self.template.format(question=question, answer_a=answer_a, answer_b=answer_b)
-        prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                    add_generation_prompt=True, **self.template_kwargs)
-        return prompt + (LOGPROB_PREFILL if self.logprob_verdicts else "")
+        return self.render_user(user) + (LOGPROB_PREFILL if self.logprob_verdicts else "")
+
+    def render_user(self, user: str) -> str:
+        """``user`` as a user turn in the judge's chat template, then the assistant prefix."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                  add_generation_prompt=True, **self.template_kwargs)
 
     def policy_shown_first(self, game: Game) -> bool:
         """Whether the policy's answer is A in the game's first (or, without the swap, only) judgement:
@@ -163,25 +166,27 @@ class LLMJudge:
     def _prompt(self, game: Game, *, policy_first: bool, cut: bool = False) -> str:
         answers = [game.policy.text, game.opponent.text] if policy_first else [game.opponent.text, game.policy.text]
         if cut:
-            answers = [self._cut(text) for text in answers]
+            answers = [self.cut(text) for text in answers]
         return self.render(game.prompt.text, *answers)
 
-    def _cut(self, text: str) -> str:
+    def cut(self, text: str) -> str:
+        """``text`` cut to max_answer_tokens judge tokens (marked), or whole when it is shorter."""
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return text if len(ids) <= self.max_answer_tokens else self.tokenizer.decode(ids[: self.max_answer_tokens]) + TRUNCATION_MARK
 
-    def _fits(self, prompt: str) -> bool:
+    def fits(self, prompt: str) -> bool:
+        """Whether the rendered ``prompt`` fits the judge's max_prompt_tokens."""
         return self.max_prompt_tokens is None or len(self.tokenizer.encode(prompt, add_special_tokens=False)) <= self.max_prompt_tokens
 
     def _game_prompts(self, game: Game) -> tuple[list[str] | None, bool]:
         """(the game's 1 or 2 prompts, or None when it is dropped; whether it did not fit as it was)."""
         orders = [self.policy_shown_first(game)] + ([False] if self.swap_positions else [])
         prompts = [self._prompt(game, policy_first=first) for first in orders]
-        if all(self._fits(p) for p in prompts):
+        if all(self.fits(p) for p in prompts):
             return prompts, False
         if self.overlong == "truncate":
             prompts = [self._prompt(game, policy_first=first, cut=True) for first in orders]
-            if all(self._fits(p) for p in prompts):
+            if all(self.fits(p) for p in prompts):
                 return prompts, True
         return None, True
 

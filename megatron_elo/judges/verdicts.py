@@ -79,15 +79,61 @@ class JudgeReply:
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
-def read_reply(reply: JudgeReply) -> tuple[Letter | None, str]:
-    """(verdict or None, the text to record) of one reply: a think block is skipped (invalid if it never
-    closes), a reply cut at the token limit needs a bracketed verdict."""
+def visible_text(reply: JudgeReply) -> tuple[str | None, str]:
+    """(the reply after its think block, or None when the block never closes; the text to record)."""
     text = reply.text
     if _THINK_OPEN in text:
         opened_last = text.rfind(_THINK_OPEN) > text.rfind(_THINK_CLOSE)
         if opened_last:
             return None, f"unclosed {_THINK_OPEN} block (set model.chat_template_kwargs: {{enable_thinking: false}}): {text}"
         text = text[text.rfind(_THINK_CLOSE) + len(_THINK_CLOSE):]
+    return text, text
+
+
+def read_reply(reply: JudgeReply) -> tuple[Letter | None, str]:
+    """(verdict or None, the text to record) of one reply: a think block is skipped (invalid if it never
+    closes), a reply cut at the token limit needs a bracketed verdict."""
+    text, recorded = visible_text(reply)
+    if text is None:
+        return None, recorded
     if reply.truncated and not _BRACKETED.search(text):
         return None, f"cut at judge.max_new_tokens without a [[verdict]]: {text}"
     return parse_verdict(text), text
+
+
+# ---------------------------------------------------------------- grades and preference scales
+
+_GRADE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")  # MT-Bench's "Rating: [[7]]"
+_GRADE_SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")  # its fallback: "[7]"
+GRADE_RANGE = (1.0, 10.0)
+
+
+def parse_grade(text: str) -> float | None:
+    """The 1-10 grade in a judge's reply ("Rating: [[7]]", or "[7]" when no double brackets), or None:
+    no grade, several different grades, or a number outside 1-10."""
+    for pattern in (_GRADE, _GRADE_SINGLE):
+        found = {float(m) for m in pattern.findall(text)}
+        if len(found) == 1:
+            grade = found.pop()
+            return grade if GRADE_RANGE[0] <= grade <= GRADE_RANGE[1] else None
+        if len(found) > 1:
+            return None
+    return None
+
+
+# Arena-Hard's five-level scale: [[A>>B]] (A much better) ... [[B>>A]]; "<" forms read the other way round
+_SCALE = re.compile(r"\[\[\s*([AB])\s*(>>|>|=|<<|<)\s*([AB])\s*\]\]")
+ScaleVerdict = Literal["A>>B", "A>B", "A=B", "B>A", "B>>A"]
+
+
+def parse_scale_verdict(text: str) -> ScaleVerdict | None:
+    """The verdict of a five-level pairwise reply ([[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]]; "A<B" is
+    read as "B>A"), or None: none, several different ones, or a side compared with itself."""
+    found = set()
+    for left, op, right in _SCALE.findall(text.upper()):
+        if left == right:
+            return None
+        if op.startswith("<"):
+            left, op, right = right, op.replace("<", ">"), left
+        found.add("A=B" if op == "=" else f"{left}{op}{right}")
+    return found.pop() if len(found) == 1 else None

@@ -234,7 +234,7 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path | None = None) ->
         path = Path(checkpoint)
     model_dir, step = cfg.model.path, 0
     if path is not None:
-        model_dir, step = _exported(path, world), int(json.loads((path / "meta.json").read_text())["step"])
+        model_dir, step = exported_checkpoint(path, world), int(json.loads((path / "meta.json").read_text())["step"])
     engine_config = cfg.rollout.engine if world.size > 1 else replace(cfg.rollout.engine, dp=1)
     engine = RolloutEngine(model_dir, engine_config, seed=cfg.seed, dtype=cfg.model.dtype, distributed=world.size > 1)
     ctx = RunContext(cfg, world)
@@ -245,15 +245,18 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path | None = None) ->
         ctx.close()
 
 
-def _exported(checkpoint: Path, world: World) -> str:
-    """The HF export of a training checkpoint (made by the driver when missing), on every rank."""
+def exported_checkpoint(checkpoint: Path, world: World | None = None) -> str:
+    """The HF export of a training checkpoint (<run>/export_hf/<step>, made by the driver when missing),
+    on every rank of ``world`` (None: this process alone)."""
     from megatron_elo.models.convert import megatron_dir_to_hf
 
+    checkpoint = Path(checkpoint)
     if not (checkpoint / "meta.json").is_file():
         raise ValueError(f"--checkpoint {checkpoint}: not a complete checkpoint (no meta.json); pick a step_* directory "
                          f"under <output_dir>/<run_name>/checkpoints")
     target = checkpoint.parent.parent / "export_hf" / checkpoint.name
-    if world.is_driver and not (target / "config.json").is_file():
+    if (world is None or world.is_driver) and not (target / "config.json").is_file():
         megatron_dir_to_hf(checkpoint, target)
-    world.barrier(f"the driver to export {checkpoint} to HF")
+    if world is not None:
+        world.barrier(f"the driver to export {checkpoint} to HF")
     return str(target)

@@ -1,0 +1,56 @@
+"""Checks of the evaluation harness's benchmarks (``eval.benchmarks``, ``eval.benchmark``), called by ``validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_elo.config.schema import RunConfig
+
+TEMPLATE_FILES = {"pairwise_vs_reference": ("pairwise.txt",), "pairwise_vs_baseline": ("pairwise.txt",),
+                  "single_grade": ("single.txt", "single_reference.txt", "multi_turn.txt", "multi_turn_reference.txt")}
+
+
+def check_benchmarks(cfg: RunConfig, need, *, check_paths: bool) -> None:
+    """Record every problem of the benchmarks with ``need(condition, message)``."""
+    names = [b.name for b in cfg.eval.benchmarks]
+    opponents = [o.name for o in cfg.opponents]
+    for i, bench in enumerate(cfg.eval.benchmarks):
+        where = f"eval.benchmarks.{i}"
+        need(names.count(bench.name) == 1, f"{where}.name: {bench.name!r} is used by several benchmarks; names are unique")
+        need(bench.num_questions is None or bench.num_questions >= 1,
+             f"{where}.num_questions: must be >= 1 or null (all), got {bench.num_questions}")
+        need(bench.temperature >= 0, f"{where}.temperature: must be >= 0 (0 = greedy), got {bench.temperature}")
+        need(bench.max_new_tokens >= 1, f"{where}.max_new_tokens: must be >= 1, got {bench.max_new_tokens}")
+        need(bench.bootstrap_rounds >= 10, f"{where}.bootstrap_rounds: must be >= 10, got {bench.bootstrap_rounds}")
+        need(bench.length_control_l2 > 0, f"{where}.length_control_l2: must be > 0, got {bench.length_control_l2}")
+        need(len(bench.quantiles) == 2 and 0 <= bench.quantiles[0] < bench.quantiles[1] <= 1,
+             f"{where}.quantiles: two increasing numbers in [0, 1] (lower, upper), got {bench.quantiles}")
+        need(bench.strong_weight >= 1, f"{where}.strong_weight: must be >= 1, got {bench.strong_weight}")
+        need(bench.max_turns in (1, 2), f"{where}.max_turns: 1 or 2, got {bench.max_turns}")
+        for field in ("reference_player", "baseline_player"):
+            player = getattr(bench, field)
+            need(player is None or player in opponents, f"{where}.{field}: {player!r} is not an opponent name; "
+                                                        f"choose from {opponents}")
+        if bench.kind == "pairwise_vs_baseline":
+            need((bench.baseline_player is None) != (bench.baseline_answers is None),
+                 f"{where}: pairwise_vs_baseline needs exactly one of baseline_player (an opponent that answers) and "
+                 f"baseline_answers (a file of the baseline's answers)")
+        for field, kinds in (("reference_player", ("pairwise_vs_reference",)),
+                             ("baseline_player", ("pairwise_vs_baseline",)), ("baseline_answers", ("pairwise_vs_baseline",))):
+            need(getattr(bench, field) is None or bench.kind in kinds,
+                 f"{where}.{field}: only {'/'.join(kinds)} reads it (kind is {bench.kind}); remove it")
+        if check_paths:
+            need(Path(bench.path).is_file(), f"{where}.path: no file at {bench.path!r}; point it at the benchmark's "
+                                             f"question file")
+            need(bench.baseline_answers is None or Path(bench.baseline_answers).is_file(),
+                 f"{where}.baseline_answers: no file at {bench.baseline_answers!r}")
+            if bench.template_dir is not None:
+                for name in TEMPLATE_FILES[bench.kind]:
+                    need((Path(bench.template_dir) / name).is_file(),
+                         f"{where}.template_dir: {bench.template_dir!r} has no {name} ({bench.kind} needs "
+                         f"{', '.join(TEMPLATE_FILES[bench.kind])})")
+    if cfg.eval.benchmarks or cfg.eval.benchmark:
+        need(cfg.judge.kind == "llm", f"judge.kind: the benchmarks' judge is an LLM (judge.model on its own engine); "
+                                      f"got {cfg.judge.kind}")
+    need(cfg.eval.benchmark is None or cfg.eval.benchmark in names,
+         f"eval.benchmark: {cfg.eval.benchmark!r} is not a benchmark of eval.benchmarks; choose from {names}")
