@@ -299,6 +299,9 @@ BENCHES = (  # (target, module with add_arguments(parser) and run(args), help, d
     ("judge", "megatron_elo.judges.benchmark", "log-prob verdicts: one generated token vs scoring each choice",
      "The LLM judge's log-prob verdicts read from one decoding step's top log-probs beside three full prompt "
      "log-prob passes, on one in-process engine (see megatron_elo/judges/benchmark.py)."),
+    ("harness", "megatron_elo.harness.benchmark", "evaluation harness: batched answers and judging vs one prompt per call",
+     "A candidate answering benchmark questions and a judge judging them on in-process engines, batched as "
+     "`eval --benchmark` does beside one request per call (see megatron_elo/harness/benchmark.py)."),
     ("loop", "megatron_elo.runner.benchmark", "seconds per step with and without rollout.overlap_judging",
      "Two short training runs of the config with a served tiny LLM judge and served opponents, overlap off and on "
      "(see megatron_elo/runner/benchmark.py)."),

@@ -99,3 +99,46 @@ def test_eval_runs_every_benchmark_on_real_engines_and_a_rerun_reuses_the_stores
     client = MlflowClient(f"sqlite:///{(tmp_path / 'runs').resolve() / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
     assert len(runs) == 2 and "bench/alpaca/policy/invalid" in runs[0].data.metrics
+
+
+def _train(rank, world_size, cfg):
+    from megatron_elo.runner.runner import Runner
+
+    return Runner(cfg).run()
+
+
+def test_training_evaluates_on_a_benchmark_when_eval_benchmark_names_one(tmp_path):
+    """eval.benchmark=alpaca: the run's evaluations answer the benchmark's questions on the policy's own
+    engine and a served judge (always [[A]]: a position bias, so both orders give a tie) decides them:
+    the win rate is exactly 0.5 before and after, and each evaluation writes its report."""
+    import threading
+
+    import transformers
+    import yaml
+
+    from megatron_elo.config.loader import config_from_dict
+    from megatron_elo.config.validate import validate
+    from megatron_elo.parallel.spawn import free_port
+    from tests.fake_openai_server import make_server
+
+    raw = yaml.safe_load(_config(tmp_path).read_text())
+    (tmp_path / "train.jsonl").write_text("".join(f'{{"id": "t{i}", "prompt": "Say {i}."}}\n' for i in range(8)))
+    raw["data"] = {"format": "jsonl", "train_path": str(tmp_path / "train.jsonl"), "eval_path": str(tmp_path / "train.jsonl")}
+    port = free_port()
+    server = make_server(port, reply="[[A]]", tokenizer=transformers.AutoTokenizer.from_pretrained(str(tmp_path / "judge")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    raw["judge"]["engine"] = {**raw["judge"]["engine"], "server_url": f"http://127.0.0.1:{port}", "launch": "server"}
+    raw["rollout"].update(prompts_per_step=4, n_per_prompt=2, max_new_tokens=4, max_prompt_tokens=256)
+    raw["trainer"].update(steps=2, global_batch_size=8, micro_batch_size=8)
+    raw["eval"].update(num_prompts=4, every_steps=2, benchmark="alpaca")
+    raw["checkpoint"] = {"every_steps": 0, "export_hf": False}
+    raw["tracking"] = {"backend": "none"}
+    try:
+        summary = run_distributed(_train, 1, validate(config_from_dict(raw)), timeout=900)[0]
+    finally:
+        server.shutdown()
+    assert summary["win_rate_before"] == 0.5 and summary["win_rate_after"] == 0.5
+    out = tmp_path / "runs" / "bench" / "eval" / "alpaca"
+    for step in (0, 2):
+        report = json.loads((out / f"step_{step:06d}" / "report.json").read_text())
+        assert report["rows"][0]["counts"] == {"questions": 3, "invalid": 0, "wins": 0, "ties": 3}

@@ -20,7 +20,10 @@ def check_benchmarks(cfg: RunConfig, need, *, check_paths: bool) -> None:
         need(bench.num_questions is None or bench.num_questions >= 1,
              f"{where}.num_questions: must be >= 1 or null (all), got {bench.num_questions}")
         need(bench.temperature >= 0, f"{where}.temperature: must be >= 0 (0 = greedy), got {bench.temperature}")
-        need(bench.max_new_tokens >= 1, f"{where}.max_new_tokens: must be >= 1, got {bench.max_new_tokens}")
+        limit = cfg.rollout.engine.max_model_len
+        need(1 <= bench.max_new_tokens < limit, f"{where}.max_new_tokens: must be in [1, rollout.engine.max_model_len="
+                                                f"{limit}) (candidates answer on the policy's engine layout), got "
+                                                f"{bench.max_new_tokens}")
         need(bench.bootstrap_rounds >= 10, f"{where}.bootstrap_rounds: must be >= 10, got {bench.bootstrap_rounds}")
         need(bench.length_control_l2 > 0, f"{where}.length_control_l2: must be > 0, got {bench.length_control_l2}")
         need(len(bench.quantiles) == 2 and 0 <= bench.quantiles[0] < bench.quantiles[1] <= 1,

@@ -119,10 +119,14 @@ class NoEvaluation:
 def build_evaluator(ctx: RunContext, sampler: PolicySampler | None) -> Evaluator | NoEvaluation:
     """The run's evaluation of the player behind ``sampler`` (``eval`` config, held-out prompts, the
     driver's opponents and eval judge): what ``train`` and ``megatron-elo eval`` both use; none with
-    ``eval.num_prompts=0``."""
+    ``eval.num_prompts=0``; ``eval.benchmark``: that benchmark of the harness (``benchmark.py``)."""
     cfg = ctx.cfg
     if cfg.eval.num_prompts == 0:
         return NoEvaluation()
+    if cfg.eval.benchmark is not None:
+        from megatron_elo.evaluation.benchmark import BenchmarkEvaluator
+
+        return BenchmarkEvaluator.from_context(ctx, sampler)
     return Evaluator(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
                      opponents=ctx.opponents(), judge=ctx.eval_judge(),
                      opponent_names=cfg.eval.opponents or [o.name for o in cfg.opponents],

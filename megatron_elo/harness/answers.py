@@ -14,6 +14,7 @@ prompt ids, sampling settings, seed), so a rerun or a killed evaluation does not
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -82,7 +83,7 @@ class ModelAnswers:
         engine_config = replace(cfg.rollout.engine, dp=1)
         self._open = open_engine or (lambda: RolloutEngine(model.path, engine_config, seed=cfg.seed, dtype=model.dtype))
         self.engine = None
-        self.generated = 0  # answers generated (not from the store), for answers/s
+        self.generated, self.seconds = 0, 0.0  # answers generated (not from the store) and the time in generate
 
     def answerer(self, *, temperature: float, max_new_tokens: int, seed: int) -> Answerer:
         """Its answers at ``temperature`` (0: greedy), up to ``max_new_tokens``, seeded per prompt id."""
@@ -99,7 +100,9 @@ class ModelAnswers:
         if missing:
             if self.engine is None:
                 self.engine = self._open()
+            began = time.perf_counter()
             samples = self.engine.generate([ids[i] for i in missing], settings, [seeds[i] for i in missing])
+            self.seconds += time.perf_counter() - began
             rows = [(keys[i], prompts[i].prompt_id, self.tokenizer.decode(group[0].token_ids))
                     for i, group in zip(missing, samples, strict=True)]
             self.store.put_many(rows, opponent=self.model.path or "")

@@ -150,6 +150,8 @@ class CachedJudge:
         self.counts.prompts += sum(k is not None for k in keys)
         self.counts.cached += sum(k is not None and k in found for k in keys)
         replies: dict[str, JudgeReply] = dict(found)
+        if missing and hasattr(self.backend, "start"):
+            self.backend.start()  # a lazily started engine starts before the clock (judged_per_s is judging only)
         with progress_bar(total=len(missing), description=description, enabled=bool(missing)) as bar:
             for start in range(0, len(missing), self.chunk):
                 indices = missing[start:start + self.chunk]

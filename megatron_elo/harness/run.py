@@ -12,7 +12,6 @@ a killed evaluation rerun continues where it stopped; reports go to eval/<benchm
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -91,22 +90,23 @@ def other_side(cfg: RunConfig, bench: BenchmarkConfig, questions: Sequence[Bench
 
 def generate(cfg: RunConfig, benches: Sequence[BenchmarkConfig], candidates: Sequence[Candidate],
              store: AnswerStore) -> tuple[dict[str, Generated], float]:
-    """Phase 1 (module docstring): every benchmark's answers; the answers generated per second."""
+    """Phase 1 (module docstring): every benchmark's answers; the candidates' answers generated per
+    second in their engines (engine start-up excluded; 0 when all came from the store)."""
     questions = {b.name: read_questions(b.path, limit=b.num_questions) for b in benches}
     answers: dict[str, dict[str, dict]] = {b.name: {} for b in benches}
-    generated, began = 0, time.perf_counter()
+    generated, seconds = 0, 0.0
     for candidate in candidates:
         with ModelAnswers(cfg, candidate.model, store=store) as model:
             for bench in benches:
                 answer = model.answerer(temperature=bench.temperature, max_new_tokens=bench.max_new_tokens, seed=bench.seed)
                 answers[bench.name][candidate.name] = answer_turns(answer, questions[bench.name], max_turns=_turns_wanted(bench))
-            generated += model.generated
+            generated, seconds = generated + model.generated, seconds + model.seconds
     out = {}
     for bench in benches:
         other, other_name = other_side(cfg, bench, questions[bench.name], store)
         out[bench.name] = Generated(questions=tuple(questions[bench.name]), answers=answers[bench.name], other=other,
                                     other_name=other_name)
-    return out, generated / max(time.perf_counter() - began, 1e-9)
+    return out, generated / seconds if seconds else 0.0
 
 
 class LazyBackend:
@@ -117,10 +117,14 @@ class LazyBackend:
     def __init__(self, open_backend):
         self._open, self.backend = open_backend, None
 
-    def complete(self, prompts, *, max_new_tokens):
-        """The opened backend's ``complete``."""
+    def start(self) -> None:
+        """Start the engine (once)."""
         if self.backend is None:
             self.backend = self._open()
+
+    def complete(self, prompts, *, max_new_tokens):
+        """The started backend's ``complete``."""
+        self.start()
         return self.backend.complete(prompts, max_new_tokens=max_new_tokens)
 
     def close(self) -> None:
