@@ -4,6 +4,8 @@
     megatron-elo train configs/tiny_cpu.yaml trainer.lr=2e-6 --dry-run   # validate, print config + layout
     megatron-elo train --help                                      # every config group and field
     megatron-elo serve configs/qwen2.5-7b_elo_evolve.yaml --node 1   # a dedicated node's opponent / judge servers
+    megatron-elo eval configs/tiny_cpu.yaml --checkpoint DIR ...    # held-out win rate of checkpoints
+    megatron-elo eval CONFIG --benchmark all --models base=/ckpt/qwen   # AlpacaEval / MT-Bench / Arena-Hard style
     megatron-elo {eval,serve,bench,convert,compare} --help
 
 Exit codes: 0 ok, 2 bad configuration or usage, 3 the requested stage is not built yet, 4 a server

@@ -341,6 +341,10 @@ def test_benchmark_settings_are_checked_up_front(tmp_path):
         {"name": "arena", "kind": "single_grade", "path": str(DATA / "mt_bench_question.jsonl"), "quantiles": [0.9, 0.1],
          "template_dir": str(tmp_path)},
     ]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "pairwise.txt").write_text("{question} {answer_a}")
+    raw["eval"]["benchmarks"].append({"name": "alpaca2", "kind": "pairwise_vs_reference", "path": str(DATA / "alpaca_eval.json"),
+                                      "template_dir": str(tmp_path / "bad")})
     raw["eval"]["benchmark"] = "mt"
     with pytest.raises(ConfigError) as err:
         validate(config_from_dict(raw))
@@ -350,7 +354,8 @@ def test_benchmark_settings_are_checked_up_front(tmp_path):
                      "eval.benchmarks.1.path: no file at", "eval.benchmarks.2.name: 'arena' is used by several",
                      "eval.benchmarks.2.quantiles: two increasing numbers", "eval.benchmarks.2.template_dir:",
                      "has no single.txt", "judge.kind: the benchmarks' judge is an LLM",
-                     "eval.benchmark: 'mt' is not a benchmark"):
+                     "eval.benchmark: 'mt' is not a benchmark", "eval.benchmarks.3.template_dir: judge template",
+                     "must use exactly ['answer_a', 'answer_b', 'question']"):
         assert expected in text, expected
 
 

@@ -322,7 +322,9 @@ class EvalConfig:
                                                               "Arena-Hard-style, with the LLM judge.")
     benchmark: str | None = opt(None, "Training's periodic evaluation runs this benchmark (a name in benchmarks) on the "
                                       "policy instead of the game-based held-out win rate; its headline number is "
-                                      "eval/win_rate (single_grade: the mean grade / 10).")
+                                      "eval/win_rate (single_grade: the mean grade / 10). eval.every_steps and "
+                                      "num_prompts=0 still apply; split, opponents, temperature, samples_per_prompt "
+                                      "and seed do not (the benchmark's own settings do).")
 
 
 @dataclass(kw_only=True)

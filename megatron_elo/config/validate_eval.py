@@ -6,8 +6,23 @@ from pathlib import Path
 
 from megatron_elo.config.schema import RunConfig
 
-TEMPLATE_FILES = {"pairwise_vs_reference": ("pairwise.txt",), "pairwise_vs_baseline": ("pairwise.txt",),
-                  "single_grade": ("single.txt", "single_reference.txt", "multi_turn.txt", "multi_turn_reference.txt")}
+
+def _check_templates(bench, where: str, need) -> None:
+    """Each template the benchmark's kind needs is in its template_dir and uses exactly its fields."""
+    from megatron_elo.harness.grading import TEMPLATE_FIELDS
+    from megatron_elo.harness.judging import load_template
+    from megatron_elo.harness.pairwise import PAIR_FIELDS
+
+    fields = TEMPLATE_FIELDS if bench.kind == "single_grade" else {"pairwise": PAIR_FIELDS}
+    for name, used in fields.items():
+        path = Path(bench.template_dir) / f"{name}.txt"
+        if not need(path.is_file(), f"{where}.template_dir: {bench.template_dir!r} has no {name}.txt ({bench.kind} needs "
+                                    f"{', '.join(n + '.txt' for n in fields)})"):
+            continue
+        try:
+            load_template(path, used)
+        except ValueError as err:
+            need(False, f"{where}.template_dir: {err}")
 
 
 def check_benchmarks(cfg: RunConfig, need, *, check_paths: bool) -> None:
@@ -48,10 +63,7 @@ def check_benchmarks(cfg: RunConfig, need, *, check_paths: bool) -> None:
             need(bench.baseline_answers is None or Path(bench.baseline_answers).is_file(),
                  f"{where}.baseline_answers: no file at {bench.baseline_answers!r}")
             if bench.template_dir is not None:
-                for name in TEMPLATE_FILES[bench.kind]:
-                    need((Path(bench.template_dir) / name).is_file(),
-                         f"{where}.template_dir: {bench.template_dir!r} has no {name} ({bench.kind} needs "
-                         f"{', '.join(TEMPLATE_FILES[bench.kind])})")
+                _check_templates(bench, where, need)
     if cfg.eval.benchmarks or cfg.eval.benchmark:
         need(cfg.judge.kind == "llm", f"judge.kind: the benchmarks' judge is an LLM (judge.model on its own engine); "
                                       f"got {cfg.judge.kind}")

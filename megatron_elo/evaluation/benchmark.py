@@ -62,10 +62,11 @@ class BenchmarkEvaluator:
                                    max_new_tokens=cfg.judge.max_new_tokens, template_kwargs=pairwise.template_kwargs,
                                    max_prompt_tokens=pairwise.max_prompt_tokens, max_answer_tokens=cfg.judge.max_answer_tokens,
                                    overlong=cfg.judge.overlong)
-            return open_judge(cfg, store)  # the training judge is a checker or a reward model: the judge section's LLM
+            return open_judge(cfg, store, world_size=ctx.world.size)  # the training judge is a checker or a reward model: the judge section's LLM
 
         return cls(bench=bench, sampler=sampler, world=ctx.world, open_judge=judge, run_dir=ctx.run_dir,
-                   other_side=lambda questions: other_side(cfg, bench, questions, AnswerStore(ctx.run_dir / "eval" / "answers.sqlite")),
+                   other_side=lambda questions: other_side(cfg, bench, questions, AnswerStore(ctx.run_dir / "eval" / "answers.sqlite"),
+                                                           world_size=ctx.world.size),
                    max_prompt_tokens=cfg.rollout.max_prompt_tokens)
 
     def _answer(self, prompts: list[Prompt]) -> list[str]:

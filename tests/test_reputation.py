@@ -1,0 +1,68 @@
+"""SPARTA's reputation update (elo/reputation.py) on hand-computed sequences (issue #18, item 4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from megatron_elo.elo.reputation import Duel, Reputations, confidence, k_factor
+
+TANH_HALF = math.tanh(0.5)  # tanh of the starting sigma
+
+
+def test_equal_reputations_move_by_the_confidence_floor():
+    """R 100 / 100, sigma 0.5: z = 0, so the confidence is its floor 0.01; K = 10 on the first update:
+    delta = 10 * (8 - 6) * tanh(0.5) * 0.01 / 20 = 0.0046212; sigma = std of one delta = 0 -> 0.1."""
+    reputations = Reputations(["a", "b"])
+    changes = reputations.update([Duel(player_a="a", player_b="b", score_a=8.0, score_b=6.0)])
+    assert changes == {"a": pytest.approx(0.004621171572600098), "b": pytest.approx(-0.004621171572600098)}
+    assert reputations.ratings["a"] == pytest.approx(100.004621171572600098)
+    assert reputations.sigmas == {"a": 0.1, "b": 0.1} and reputations.updates == 1
+
+
+def test_duels_of_one_batch_are_applied_in_turn():
+    """a (120) beats b (100): z = 20 / sqrt(0.5) -> confidence 1, b loses tanh(0.5) = 0.4621. b then
+    meets c (100) and sees its new rating: z = -0.4621 / sqrt(0.5), confidence erf(0.4621) = 0.48659
+    (from the batch's starting ratings it would be the floor, 0.01); b loses 0.25 * tanh(0.5) * 0.48659."""
+    reputations = Reputations(["a", "b", "c"])
+    reputations.ratings["a"] = 120.0
+    changes = reputations.update([Duel(player_a="a", player_b="b", score_a=7.0, score_b=5.0),
+                                  Duel(player_a="b", player_b="c", score_a=6.0, score_b=6.5)])
+    second = -0.05621503410653527
+    assert changes["a"] == pytest.approx(TANH_HALF)
+    assert changes["b"] == pytest.approx(-TANH_HALF + second) and changes["c"] == pytest.approx(-second)
+    assert reputations.ratings["b"] == pytest.approx(100 - TANH_HALF + second)
+    assert reputations.sigmas["b"] == pytest.approx(0.20295106157673723)  # std of its two deltas
+    assert reputations.sigmas["a"] == 0.1  # one delta: std 0, floored
+
+
+def test_k_decays_per_update_call_and_reputation_and_sigma_have_floors():
+    assert k_factor(0) == 10 and k_factor(10) == pytest.approx(9.0) and k_factor(100) == 5.0
+    assert confidence(0.0) == 0.01 and confidence(40.0) == 1.0 and confidence(-1.0) == pytest.approx(math.erf(1 / math.sqrt(2)))
+    reputations = Reputations(["a", "b"])
+    reputations.ratings.update(a=10.5, b=200.0)
+    for _ in range(12):
+        reputations.update([Duel(player_a="a", player_b="b", score_a=1.0, score_b=10.0)])
+    assert reputations.ratings["a"] == 10.0 and reputations.updates == 12
+    assert len(reputations.history["a"]) == 10  # sigma reads the last 10 deltas
+    assert reputations.sigmas["b"] == pytest.approx(max(0.1, float(np.std(reputations.history["b"]))))
+
+
+def test_weighted_scores_and_opponents():
+    reputations = Reputations(["a", "b", "c", "d"])
+    reputations.ratings.update(b=300.0, c=100.0)
+    assert reputations.weighted_score({"b": 9.0, "c": 1.0}) == pytest.approx((300 * 9 + 100 * 1) / 400)
+    reputations.ratings.update(a=100.0, d=101.0)
+    assert reputations.nearest("a", 2) == ["c", "d"]
+    rng = np.random.default_rng(0)
+    drawn = [reputations.opponent("a", rng, p_random=0.0, nearest=1) for _ in range(20)]
+    assert set(drawn) == {"c"}  # never the random branch: the nearest only
+    drawn = [reputations.opponent("a", np.random.default_rng(seed), p_random=1.0) for seed in range(200)]
+    assert set(drawn) == {"b", "c", "d"}  # uniform among the others, never itself
+    again = Reputations(["a", "b", "c", "d"])
+    again.load_state_dict(reputations.state_dict())
+    assert again.state_dict() == reputations.state_dict()
+    with pytest.raises(ValueError, match="cannot duel itself"):
+        Duel(player_a="a", player_b="a", score_a=1, score_b=2)
