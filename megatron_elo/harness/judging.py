@@ -13,10 +13,8 @@ is not stored (it is tried again on the next run) and is counted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import sqlite3
 import string
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_elo.judges.verdicts import JudgeReply
-from megatron_elo.players.answer_store import checkpoint_fingerprint
+from megatron_elo.players.answer_store import checkpoint_fingerprint, select_by_keys, sqlite_transaction
 from megatron_elo.utils.logging import progress_bar
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, text TEXT, truncated INTEGER)"
@@ -50,33 +48,17 @@ class JudgmentStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _connect(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=60)
-        try:
-            with connection:
-                connection.execute(_SCHEMA)
-                yield connection
-        finally:
-            connection.close()
-
     def get_many(self, keys: Sequence[str]) -> dict[str, JudgeReply]:
         """{key: reply} for the keys it holds."""
         if not keys or not self.path.is_file():
             return {}
-        found = {}
-        with self._connect() as connection:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start:start + 500])
-                rows = connection.execute(f"SELECT key, text, truncated FROM judgments WHERE key IN "
-                                          f"({','.join('?' * len(chunk))})", chunk)
-                found.update((key, JudgeReply(text, truncated=bool(cut))) for key, text, cut in rows)
-        return found
+        with sqlite_transaction(self.path, _SCHEMA) as connection:
+            rows = select_by_keys(connection, "SELECT key, text, truncated FROM judgments WHERE key IN ({})", keys)
+        return {key: JudgeReply(text, truncated=bool(cut)) for key, text, cut in rows}
 
     def put_many(self, rows: Sequence[tuple[str, JudgeReply]]) -> None:
         """Store (key, reply) rows, committed together."""
-        with self._connect() as connection:
+        with sqlite_transaction(self.path, _SCHEMA) as connection:
             connection.executemany("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?)",
                                    [(key, reply.text, int(reply.truncated)) for key, reply in rows])
 

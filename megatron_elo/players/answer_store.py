@@ -49,39 +49,45 @@ def answer_key(model_dir: str | None, token_ids: Sequence[int], settings: Sampli
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def sqlite_transaction(path: Path, schema: str):
+    """A connection to the sqlite file ``path`` (made, with ``schema``) for one transaction, committed
+    on success and closed afterwards: a connection per call is safe from several threads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=60)
+    try:
+        with connection:
+            connection.execute(schema)
+            yield connection
+    finally:
+        connection.close()
+
+
+def select_by_keys(connection, query: str, keys: Sequence[str]) -> list[tuple]:
+    """The rows of ``query`` (ending in "key IN ({})") for every key, asked in chunks of 500 keys."""
+    rows = []
+    for start in range(0, len(keys), _LOOKUP_CHUNK):
+        chunk = list(keys[start:start + _LOOKUP_CHUNK])
+        rows += connection.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+    return rows
+
+
 class AnswerStore:
     """An sqlite table of answer texts; a connection per call (safe from the opponents' threads)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _connect(self):
-        """A connection for one transaction (committed on success), closed afterwards."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=60)
-        try:
-            with connection:
-                connection.execute(_SCHEMA)
-                yield connection
-        finally:
-            connection.close()
-
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         """{key: text} for every key the store holds (missing keys are left out)."""
         keys = list(keys)
         if not keys or not self.path.is_file():
             return {}
-        found: dict[str, str] = {}
-        with self._connect() as connection:
-            for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start:start + _LOOKUP_CHUNK]
-                rows = connection.execute(f"SELECT key, text FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                found.update(rows.fetchall())
-        return found
+        with sqlite_transaction(self.path, _SCHEMA) as connection:
+            return dict(select_by_keys(connection, "SELECT key, text FROM answers WHERE key IN ({})", keys))
 
     def put_many(self, answers: Sequence[tuple[str, str, str]], *, opponent: str) -> None:
         """Store ``answers``: (key, prompt_id, text) rows of ``opponent`` (the prompt id is kept for inspection)."""
         rows = [(key, opponent, prompt_id, text) for key, prompt_id, text in answers]
-        with self._connect() as connection:
+        with sqlite_transaction(self.path, _SCHEMA) as connection:
             connection.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
