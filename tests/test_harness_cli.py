@@ -101,16 +101,22 @@ def test_eval_runs_every_benchmark_on_real_engines_and_a_rerun_reuses_the_stores
     assert len(runs) == 2 and "bench/alpaca/policy/invalid" in runs[0].data.metrics
 
 
-def _train(rank, world_size, cfg):
+def _train_then_eval(rank, world_size, cfg, config_file):
+    from megatron_elo.cli import main
     from megatron_elo.runner.runner import Runner
 
-    return Runner(cfg).run()
+    summary = Runner(cfg).run()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["eval", str(config_file), "--benchmark", "alpaca"])  # the run's newest checkpoint
+    return summary, code, out.getvalue()
 
 
 def test_training_evaluates_on_a_benchmark_when_eval_benchmark_names_one(tmp_path):
     """eval.benchmark=alpaca: the run's evaluations answer the benchmark's questions on the policy's own
     engine and a served judge (always [[A]]: a position bias, so both orders give a tie) decides them:
-    the win rate is exactly 0.5 before and after, and each evaluation writes its report."""
+    the win rate is exactly 0.5 before and after, and each evaluation writes its report; `eval
+    --benchmark` then scores the final checkpoint the same way."""
     import threading
 
     import transformers
@@ -133,12 +139,17 @@ def test_training_evaluates_on_a_benchmark_when_eval_benchmark_names_one(tmp_pat
     raw["eval"].update(num_prompts=4, every_steps=2, benchmark="alpaca")
     raw["checkpoint"] = {"every_steps": 0, "export_hf": False}
     raw["tracking"] = {"backend": "none"}
+    config_file = tmp_path / "trained.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
     try:
-        summary = run_distributed(_train, 1, validate(config_from_dict(raw)), timeout=900)[0]
+        summary, code, printed = run_distributed(_train_then_eval, 1, validate(config_from_dict(raw)), config_file,
+                                                 timeout=900)[0]
     finally:
         server.shutdown()
+    # `eval --benchmark` of the final checkpoint: exported to HF, answered with the policy's tokenizer, judged
+    assert code == 0 and "| step_00000002 | 2 | 0.500 [0.500, 0.500] | 0.500 [" in printed
     assert summary["win_rate_before"] == 0.5 and summary["win_rate_after"] == 0.5
     out = tmp_path / "runs" / "bench" / "eval" / "alpaca"
     for step in (0, 2):
-        report = json.loads((out / f"step_{step:06d}" / "report.json").read_text())
+        report = json.loads((out / f"step_{step:08d}" / "report.json").read_text())
         assert report["rows"][0]["counts"] == {"questions": 3, "invalid": 0, "wins": 0, "ties": 3}

@@ -93,7 +93,7 @@ class BenchmarkEvaluator:
             self.other = self._other_side(self.questions)
         generated = Generated(questions=self.questions, answers={POLICY: answers}, other=self.other[0], other_name=self.other[1])
         result = judge_benchmark(self.bench, generated, self.judge, {POLICY: step})
-        write_report(result, self.run_dir / "eval" / self.bench.name / f"step_{step:06d}")
+        write_report(result, self.run_dir / "eval" / self.bench.name / f"step_{step:08d}")
         row = next(r for r in result.rows if r.model == POLICY)
         headline = row.numbers[result.headline]
         scale = 10.0 if self.bench.kind == "single_grade" else 1.0

@@ -55,7 +55,9 @@ def resolve_candidates(cfg: RunConfig, *, checkpoints: Sequence[str] = (), model
         path = Path(directory)
         hf_dir = exported_checkpoint(path)
         step = int(json.loads((path / "meta.json").read_text())["step"])
-        candidates.append(Candidate(name=path.name, model=replace(cfg.model, path=hf_dir, arch=None), step=step))
+        tokenizer = cfg.model.tokenizer or cfg.model.path  # the export holds weights; the policy's tokenizer stays
+        candidates.append(Candidate(name=path.name, model=replace(cfg.model, path=hf_dir, arch=None, tokenizer=tokenizer),
+                                    step=step))
     for name, path in (models or {}).items():
         if not Path(path, "config.json").is_file():
             raise ValueError(f"--models {name}={path}: no config.json there; point it at a local HF model directory")
