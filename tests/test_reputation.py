@@ -66,3 +66,22 @@ def test_weighted_scores_and_opponents():
     assert again.state_dict() == reputations.state_dict()
     with pytest.raises(ValueError, match="cannot duel itself"):
         Duel(player_a="a", player_b="a", score_a=1, score_b=2)
+
+
+def test_the_panel_weighs_votes_by_reputation_and_reads_json_scores():
+    from megatron_elo.judges.panel import panel_verdict, parse_panel_score
+
+    reputations = Reputations(["m0", "m1", "j1", "j2", "j3"])
+    reputations.ratings.update(j1=300.0, j2=50.0, j3=50.0)
+    # j1 (300) prefers a by 2; j2 and j3 (50 each) prefer b by 1: a wins the weighted aggregate, not the majority
+    verdict = panel_verdict(scores_a={"j1": 8, "j2": 5, "j3": 5}, scores_b={"j1": 6, "j2": 6, "j3": 6}, reputations=reputations)
+    assert verdict.aggregate_a == pytest.approx((300 * 8 + 50 * 5 + 50 * 5) / 400)
+    assert verdict.aggregate_b == pytest.approx(6.0) and verdict.winner == "a" and verdict.agrees is False
+    tie = panel_verdict(scores_a={"j1": 6}, scores_b={"j1": 6}, reputations=reputations)
+    assert tie.winner is None and tie.agrees is None  # an exact tie makes no pair
+    with pytest.raises(ValueError, match="every panel judge scores both answers"):
+        panel_verdict(scores_a={"j1": 6}, scores_b={"j2": 6}, reputations=reputations)
+    assert parse_panel_score('Sure. {"reason": "clear", "score": 7}') == 7.0
+    assert parse_panel_score('{"score": 7.5') == 7.5  # cut JSON: the field alone
+    for bad in ('{"score": 11}', "no json", '{"score": "high"}', '"score": 3 ... "score": 4', '{"score": true}'):
+        assert parse_panel_score(bad) is None, bad

@@ -1,0 +1,66 @@
+"""SPARTA's panel: every other model of the tribe scores both answers of a duel; reputations weigh the votes.
+
+    verdict = panel_verdict(scores_a={"m2": 7, "m3": 4}, scores_b={"m2": 5, "m3": 6}, reputations=reps)
+    verdict.winner        # "a", "b" or None (an exact tie of the aggregates: no pair)
+    verdict.agrees        # whether the panel's majority (one vote per judge) picked the same side
+
+The aggregate score of an answer is sum_k R_k s^k / sum_k R_k over the panel's judges k (their
+reputations R_k, ``elo.reputation.Reputations.weighted_score``); the higher aggregate wins. A judge
+reply without a parsable score counts 5, as the SPARTA authors do (``parse_panel_score``), and is
+counted by the caller. Pure Python.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_elo.elo.reputation import Reputations
+
+UNPARSED_SCORE = 5.0  # the authors' score of a reply they cannot read
+_SCORE_FIELD = re.compile(r'"score"\s*:\s*(\d+(?:\.\d+)?)')
+
+
+def parse_panel_score(text: str) -> float | None:
+    """The 1-10 score of a panel judge's JSON reply ({"score": 7, ...}, possibly inside other text), or
+    None when there is no such field or it is outside 1-10 (the caller then uses ``UNPARSED_SCORE``)."""
+    start, end = text.find("{"), text.rfind("}")
+    value = None
+    if 0 <= start < end:
+        try:
+            parsed = json.loads(text[start:end + 1])
+            value = parsed.get("score") if isinstance(parsed, dict) else None
+        except json.JSONDecodeError:
+            value = None
+    if value is None:
+        found = _SCORE_FIELD.findall(text)
+        value = float(found[-1]) if len(set(found)) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 1.0 <= float(value) <= 10.0 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PanelVerdict:
+    """A duel's panel decision: both aggregates, the winner (None: exact tie), the majority's agreement."""
+
+    aggregate_a: float
+    aggregate_b: float
+    winner: Literal["a", "b"] | None
+    agrees: bool | None  # None when the majority is split evenly or the aggregates tie
+
+
+def panel_verdict(*, scores_a: Mapping[str, float], scores_b: Mapping[str, float], reputations: Reputations) -> PanelVerdict:
+    """The reputation-weighted decision of a panel that scored answer a (``scores_a``: {judge: score})
+    and answer b; the same judges must have scored both."""
+    if set(scores_a) != set(scores_b) or not scores_a:
+        raise ValueError(f"every panel judge scores both answers: a by {sorted(scores_a)}, b by {sorted(scores_b)}")
+    a, b = reputations.weighted_score(scores_a), reputations.weighted_score(scores_b)
+    winner = "a" if a > b else "b" if b > a else None
+    votes = sum((scores_a[k] > scores_b[k]) - (scores_a[k] < scores_b[k]) for k in scores_a)
+    majority = "a" if votes > 0 else "b" if votes < 0 else None
+    agrees = None if winner is None or majority is None else majority == winner
+    return PanelVerdict(aggregate_a=a, aggregate_b=b, winner=winner, agrees=agrees)
