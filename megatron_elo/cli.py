@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--benchmark", action="append", default=[], help="a benchmark of eval.benchmarks (repeatable; "
                                                                            "'all': every one); without it: the held-out win rate")
     evaluate.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH",
-                          help="HF model directories to evaluate beside (or instead of) checkpoints (with --benchmark)")
+                          help="HF model directories evaluated beside the checkpoints (with --benchmark)")
     evaluate.set_defaults(handler=cmd_eval)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table (kernels, trainer, reshard, loop)")
