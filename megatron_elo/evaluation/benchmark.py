@@ -28,6 +28,7 @@ from megatron_elo.players.sampler import PolicySampler
 from megatron_elo.utils.seeds import stable_seed
 
 if TYPE_CHECKING:
+    from megatron_elo.harness.judging import CachedJudge
     from megatron_elo.runner.context import RunContext
 
 
@@ -46,8 +47,8 @@ class BenchmarkEvaluator:
     @classmethod
     def from_context(cls, ctx: RunContext, sampler: PolicySampler) -> BenchmarkEvaluator:
         """The run's ``eval.benchmark``, judged by the ``judge`` section behind the run's judgment store."""
-        from megatron_elo.harness.judging import CachedJudge, JudgmentStore
-        from megatron_elo.harness.run import open_judge, other_side
+        from megatron_elo.harness.judging import JudgmentStore
+        from megatron_elo.harness.run import cached_judge, open_judge, other_side
         from megatron_elo.players.answer_store import AnswerStore
 
         cfg = ctx.cfg
@@ -58,10 +59,7 @@ class BenchmarkEvaluator:
             training = ctx.judge()
             pairwise = getattr(training, "pairwise", training)  # the grader's pairwise judge shares its engine
             if getattr(pairwise, "backend", None) is not None and cfg.judge.kind == "llm":
-                return CachedJudge(pairwise.backend, pairwise.tokenizer, model_id=cfg.judge.model.path, store=store,
-                                   max_new_tokens=cfg.judge.max_new_tokens, template_kwargs=pairwise.template_kwargs,
-                                   max_prompt_tokens=pairwise.max_prompt_tokens, max_answer_tokens=cfg.judge.max_answer_tokens,
-                                   overlong=cfg.judge.overlong)
+                return cached_judge(cfg, pairwise.backend, pairwise.tokenizer, store)
             return open_judge(cfg, store, world_size=ctx.world.size)  # the training judge is a checker or a reward model: the judge section's LLM
 
         return cls(bench=bench, sampler=sampler, world=ctx.world, open_judge=judge, run_dir=ctx.run_dir,
@@ -81,7 +79,9 @@ class BenchmarkEvaluator:
 
     def evaluate(self, step: int) -> EvalResult:
         """The policy's answers on every rank, the driver's judging and report, the headline on every rank."""
-        answers = answer_turns(self._answer, self.questions, max_turns=self.bench.max_turns if self.bench.kind == "single_grade" else 1)
+        from megatron_elo.harness.run import turns_wanted
+
+        answers = answer_turns(self._answer, self.questions, max_turns=turns_wanted(self.bench))
         return self.world.on_driver(lambda: self._judge(step, answers), waiting_for=f"the driver's {self.bench.name} judging at step {step}")
 
     def _judge(self, step: int, answers: dict[str, tuple[str, ...]]) -> EvalResult:

@@ -53,7 +53,8 @@ def selected_benchmarks(cfg: RunConfig, names: Sequence[str]) -> list[BenchmarkC
     return [known[n] for n in names]
 
 
-def _turns_wanted(bench: BenchmarkConfig) -> int:
+def turns_wanted(bench: BenchmarkConfig) -> int:
+    """Turns a benchmark's candidates answer: single_grade's max_turns, else the first only."""
     return bench.max_turns if bench.kind == "single_grade" else 1
 
 
@@ -101,7 +102,7 @@ def generate(cfg: RunConfig, benches: Sequence[BenchmarkConfig], candidates: Seq
         with ModelAnswers(cfg, candidate.model, store=store) as model:
             for bench in benches:
                 answer = model.answerer(temperature=bench.temperature, max_new_tokens=bench.max_new_tokens, seed=bench.seed)
-                answers[bench.name][candidate.name] = answer_turns(answer, questions[bench.name], max_turns=_turns_wanted(bench))
+                answers[bench.name][candidate.name] = answer_turns(answer, questions[bench.name], max_turns=turns_wanted(bench))
             generated, seconds = generated + model.generated, seconds + model.seconds
     out = {}
     for bench in benches:
@@ -148,6 +149,12 @@ def open_judge(cfg: RunConfig, store: JudgmentStore, *, world_size: int = 1) -> 
     backend = LazyBackend(lambda: EngineJudgeBackend(open_engine(
         judge.model, judge.engine, cluster=cfg.cluster, seed=cfg.seed, world_size=world_size,
         log_path=Path(cfg.output_dir) / cfg.run_name / "engine_logs" / "eval_judge.log", name="judge"), tokenizer))
+    return cached_judge(cfg, backend, tokenizer, store)
+
+
+def cached_judge(cfg: RunConfig, backend, tokenizer, store: JudgmentStore) -> CachedJudge:
+    """A ``CachedJudge`` on ``backend`` with the ``judge`` section's limits, template kwargs and overlong rule."""
+    judge = cfg.judge
     return CachedJudge(backend, tokenizer, model_id=judge.model.path, store=store,
                        max_new_tokens=judge.max_new_tokens, template_kwargs=judge.model.chat_template_kwargs,
                        max_prompt_tokens=judge.engine.max_model_len - judge.max_new_tokens,
