@@ -14,6 +14,7 @@ from typing import Any, Literal
 from megatron_elo.config.eval_schema import BenchmarkConfig
 from megatron_elo.config.pairs_schema import PairsConfig  # noqa: F401  (re-exported: every group from schema)
 from megatron_elo.config.schema_base import opt
+from megatron_elo.config.sparta_schema import SpartaConfig, TribePlayerConfig
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -252,17 +253,20 @@ class EloConfig:
 class AlgorithmConfig:
     """Which method turns games into rewards."""
 
-    name: Literal["elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline"] = opt(
+    name: Literal["elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline", "sparta"] = opt(
         "elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge "
                       "score; pairs_online: preference pairs from each iteration's judged games (algorithm.pairs); "
-                      "pairs_offline: preference pairs from a file, no engine.")
+                      "pairs_offline: preference pairs from a file, no engine; sparta: a tribe of trained `players` "
+                      "duel, judge each other and all train on the pairs (algorithm.sparta).")
     static_opponent: str | None = opt(None, "static_pairwise: the opponent's name.")
     reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (an HF sequence-classification "
                                                  "checkpoint, run with transformers on the driver) scores each answer; "
                                                  "None: the judge scores. Only the point recipe reads it.")
     tie_reward: float = opt(0.5, "Reward of a tie.")
     elo: EloConfig = opt(factory=EloConfig, help="Elo ratings and opponent sampling.")
-    pairs: PairsConfig = opt(factory=PairsConfig, help="Preference-pair training (pairs_online, pairs_offline).")
+    pairs: PairsConfig = opt(factory=PairsConfig, help="Preference-pair training (pairs_online, pairs_offline; "
+                                                       "sparta's update: loss, beta, reference, epochs).")
+    sparta: SpartaConfig = opt(factory=SpartaConfig, help="SPARTA's duels and panel (algorithm.name=sparta).")
 
 
 @dataclass(kw_only=True)
@@ -384,6 +388,8 @@ class RunConfig:
     trainer: TrainerConfig = opt(factory=TrainerConfig, help="Optimisation and loss.")
     rollout: RolloutConfig = opt(factory=RolloutConfig, help="Policy sampling and its engine.")
     opponents: list[OpponentConfig] = opt(factory=list, help="The opponent pool.")
+    players: list[TribePlayerConfig] = opt(factory=list, help="algorithm.name=sparta: the trained players (each `model` "
+                                                            "with its own weights), time-sharing the trainer's ranks.")
     judge: JudgeConfig = opt(factory=JudgeConfig, help="The judge.")
     algorithm: AlgorithmConfig = opt(factory=AlgorithmConfig, help="The method.")
     data: DataConfig = opt(factory=DataConfig, help="Prompts.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megatron_elo.config.hf_arch import read_hf_arch
@@ -18,6 +18,7 @@ from megatron_elo.config.loader import ConfigError
 from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, RunConfig
 from megatron_elo.config.validate_eval import check_benchmarks
 from megatron_elo.config.validate_pairs import PAIR_RECIPES, check_pairs
+from megatron_elo.config.validate_sparta import check_sparta, player_model
 
 
 def trainer_world_size(cfg: RunConfig) -> int:
@@ -59,6 +60,7 @@ def validate(cfg: RunConfig, *, world_size: int | None = None, check_paths: bool
         _resolve_arch(opponent.model, f"opponents.{i}.model", check, check_paths, prepared)
     if cfg.judge.model is not None:
         _resolve_arch(cfg.judge.model, "judge.model", check, check_paths, prepared)
+    _check_player_archs(cfg, check, check_paths, prepared)
     if check.problems:  # later checks need sane numbers and architectures
         raise ConfigError(check.problems)
     _check_trainer_layout(cfg, check, world_size or trainer_world_size(cfg))
@@ -196,6 +198,16 @@ def _resolve_arch(model: ModelConfig, where: str, check: _Check, check_paths: bo
     model.arch = on_disk
     if check_paths and model.tokenizer is not None:
         check.need(Path(model.tokenizer).is_dir(), f"{where}.tokenizer: directory {model.tokenizer!r} does not exist")
+
+
+def _check_player_archs(cfg: RunConfig, check: _Check, check_paths: bool, prepared: dict[str, ArchConfig]) -> None:
+    """Each SPARTA player's checkpoint has the tribe's architecture (``model.arch``)."""
+    for i in range(len(cfg.players)):
+        model = replace(player_model(cfg, i), arch=None)
+        _resolve_arch(model, f"players.{i}", check, check_paths, prepared)
+        if model.arch is not None and cfg.model.arch is not None and model.arch != cfg.model.arch:
+            check.problems.append(f"players.{i}.path: {model.path!r} has another architecture than model.arch; a tribe "
+                                  f"shares one architecture (train players of different shapes in separate runs)")
 
 
 def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> None:
@@ -416,6 +428,7 @@ def _check_algorithm(cfg: RunConfig, check: _Check, check_paths: bool = True) ->
                    f"algorithm.reward_model.path: {reward_model.path!r} has no config.json; point it at a local HF "
                    f"sequence-classification checkpoint")
     check_pairs(cfg, check.need, check_paths=check_paths)
+    check_sparta(cfg, check.need, check_paths=check_paths)
     check_benchmarks(cfg, check.need, check_paths=check_paths)
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from megatron_elo.config.schema import RunConfig
 
-PAIR_RECIPES = ("pairs_online", "pairs_offline")
+PAIR_RECIPES = ("pairs_online", "pairs_offline", "sparta")  # sparta: its update (loss, beta, reference, epochs)
 
 
 def check_pairs(cfg: RunConfig, need, *, check_paths: bool) -> None:
@@ -26,6 +26,8 @@ def check_pairs(cfg: RunConfig, need, *, check_paths: bool) -> None:
     need(pairs.epochs >= 1, f"algorithm.pairs.epochs: must be >= 1, got {pairs.epochs}")
     need(not cfg.rollout.overlap_judging, "rollout.overlap_judging: the GRPO recipes' overlap; a pair recipe judges and "
                                           "trains each iteration in turn: set it to false")
+    if name == "sparta":  # its duels and panel: validate_sparta.py
+        return
     if name == "pairs_online":
         need(cfg.rollout.n_per_prompt >= 2, f"rollout.n_per_prompt={cfg.rollout.n_per_prompt}: a pair needs two samples "
                                             f"of a prompt; use >= 2")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +43,7 @@ class EvalResult:
     ci95: float  # half-width of the normal-approximation 95% interval
     per_opponent: dict[str, float]
     exact: float  # fraction of the policy's held-out answers that are exact
+    per_player: dict[str, float] = field(default_factory=dict)  # several trained players (SPARTA): each one's win rate
 
 
 def win_rate_interval(wins: float, games: int) -> tuple[float, float]:

@@ -56,8 +56,9 @@ def hf_to_megatron_dir(src: str | Path, dst: str | Path, *, tp: int = 1, pp: int
     return dst
 
 
-def read_megatron_dir(src: str | Path) -> tuple[dict[str, torch.Tensor], ArchConfig]:
-    """The full (TP = PP = 1) Megatron state dict and architecture of a converted or training directory."""
+def read_megatron_dir(src: str | Path, player: str | None = None) -> tuple[dict[str, torch.Tensor], ArchConfig]:
+    """The full (TP = PP = 1) Megatron state dict and architecture of a converted or training directory
+    (``player``: that trained player's shards of a several-player checkpoint; None: the first player's)."""
     src = Path(src)
     if not (src / META).is_file():
         raise FileNotFoundError(f"{src}: no {META}; pass a directory written by `convert` or a training checkpoint step_*")
@@ -67,7 +68,8 @@ def read_megatron_dir(src: str | Path) -> tuple[dict[str, torch.Tensor], ArchCon
     for p in range(meta["pp"]):
         shards = []
         for t in range(meta["tp"]):
-            candidates = [src / f"model_tp{t}_pp{p}.pt", src / f"shard_tp{t}_pp{p}.pt"]
+            candidates = ([src / f"model_tp{t}_pp{p}.pt", src / f"shard_tp{t}_pp{p}.pt"] if player is None
+                          else [src / f"shard_{player}_tp{t}_pp{p}.pt"])
             file = next((c for c in candidates if c.is_file()), None)
             if file is None:
                 raise FileNotFoundError(f"{src}: shard tp={t} pp={p} is missing ({candidates[0].name})")
@@ -76,9 +78,10 @@ def read_megatron_dir(src: str | Path) -> tuple[dict[str, torch.Tensor], ArchCon
     return merge_stages(stages, arch), arch
 
 
-def megatron_dir_to_hf(src: str | Path, dst: str | Path) -> Path:
-    """Merge a Megatron directory's shards into an HF checkpoint (config.json + model.safetensors)."""
+def megatron_dir_to_hf(src: str | Path, dst: str | Path, *, player: str | None = None) -> Path:
+    """Merge a Megatron directory's shards (``player``: see ``read_megatron_dir``) into an HF checkpoint
+    (config.json + model.safetensors)."""
     dst = Path(dst)
     _refuse_existing(dst)
-    full, arch = read_megatron_dir(src)
+    full, arch = read_megatron_dir(src, player)
     return save_hf_checkpoint(megatron_to_hf(full, arch), arch, dst, config=hf_config_dict(arch))

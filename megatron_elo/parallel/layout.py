@@ -120,7 +120,8 @@ def plan_devices(cfg: RunConfig) -> DevicePlan:
             devices = [(engine.node, engine.first_device + i) for i in range(engine.num_devices)]
         return EnginePlan(name=name, role=role, tp=engine.tp, dp=engine.dp, placement=engine.placement, devices=devices)
 
-    engines = [engine_plan("policy", "policy", cfg.rollout.engine)]
+    trained = [p.name for p in cfg.players] or ["policy"]  # a SPARTA tribe: one colocated engine per player
+    engines = [engine_plan(name, "player" if cfg.players else "policy", cfg.rollout.engine) for name in trained]
     engines += [engine_plan(o.name, "opponent", o.engine) for o in cfg.opponents]
     if cfg.judge.kind == "llm":
         engines.append(engine_plan("judge", "judge", cfg.judge.engine))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -33,7 +34,11 @@ class Recipe(Protocol):
 
     @property
     def trainer(self) -> PolicyTrainer:
-        """The trainer whose shards the checkpoints hold (one trained player today)."""
+        """The first trained player's trainer (the checkpoints' main shards, the HF export)."""
+        ...
+
+    def trainers(self) -> dict[str, PolicyTrainer]:
+        """Every trained player's trainer by name, ``trainer`` first (the checkpoint's main shards)."""
         ...
 
     def stages(self) -> dict[str, object | None]:
@@ -57,12 +62,17 @@ class Recipe(Protocol):
         """Current Elo ratings, the trained player first ({} when the method keeps none)."""
         ...
 
+    def report(self, out: Path) -> dict:
+        """The method's own artifacts under ``out`` (driver, at the end); what it adds to the run's summary."""
+        ...
+
 
 RECIPES: dict[str, str] = {"elo_evolve": "megatron_elo.recipes.elo_evolve",
                            "static_pairwise": "megatron_elo.recipes.static_pairwise",
                            "point": "megatron_elo.recipes.point",
                            "pairs_online": "megatron_elo.recipes.pairs_online",
-                           "pairs_offline": "megatron_elo.recipes.pairs_offline"}
+                           "pairs_offline": "megatron_elo.recipes.pairs_offline",
+                           "sparta": "megatron_elo.recipes.sparta"}
 
 
 def recipe_builder(name: str) -> Callable[[RunContext], Recipe]:

@@ -103,10 +103,18 @@ class GamesRecipe:
         """The policy's trainer (its shards are what checkpoints hold)."""
         return self.policy.trainer
 
+    def trainers(self) -> dict[str, PolicyTrainer]:
+        """The one trained player's trainer."""
+        return {POLICY: self.policy.trainer}
+
     def stages(self) -> dict[str, object | None]:
         """Every stage that may hold state (None where it does not exist on this rank)."""
         return {"prompts": self.prompts, "pool": self.pool, "matchmaker": self.matchmaker, "judge": self.judge,
                 "pending": self.pending}
+
+    def report(self, out) -> dict:
+        """Nothing beyond the runner's artifacts."""
+        return {}
 
     def ratings(self) -> dict[str, float]:
         """The Elo pool's ratings, the policy first."""

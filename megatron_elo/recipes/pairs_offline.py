@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from megatron_elo.data.pairs import PairFields, PairSource, read_pairs
 from megatron_elo.evaluation.evaluator import build_evaluator
-from megatron_elo.flow import StepRecord
+from megatron_elo.flow import POLICY, StepRecord
 from megatron_elo.players.pair_update import PairUpdate
 from megatron_elo.recipes.games import timed
 from megatron_elo.recipes.pairs_online import build_pair_player
@@ -58,9 +58,17 @@ class PairsOfflineRecipe:
         """The policy's trainer."""
         return self.policy.trainer
 
+    def trainers(self) -> dict[str, PolicyTrainer]:
+        """The one trained player's trainer."""
+        return {POLICY: self.policy.trainer}
+
     def stages(self) -> dict[str, object | None]:
         """The pair source (driver) holds the data position."""
         return {"pairs": self.pairs}
+
+    def report(self, out) -> dict:
+        """Nothing beyond the runner's artifacts."""
+        return {}
 
     def ratings(self) -> dict[str, float]:
         """No games, no ratings."""

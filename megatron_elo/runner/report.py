@@ -58,17 +58,18 @@ def step_metrics(record: StepRecord, *, seconds: float) -> dict[str, float]:
 def write_artifacts(cfg: RunConfig, run_dir: Path, *, rated: list[str], elo_history: list[dict], evals: list[dict],
                     last: StepRecord | None, tracker: Tracker) -> None:
     """resolved_config.yaml, elo_history.csv + elo_ratings.png (``rated``: the players' names, columns
-    of ``elo_history``), sample_games.csv (the last step's first 64 games), evals.json, under
+    of ``elo_history``; none when empty), sample_games.csv (the last step's first 64 games), evals.json, under
     <run_dir>/artifacts, logged to the tracker."""
     out = run_dir / "artifacts"
     out.mkdir(parents=True, exist_ok=True)
     (out / "resolved_config.yaml").write_text(dump_yaml(cfg))
     names = list(rated)
-    with open(out / "elo_history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", *names])
-        writer.writeheader()
-        writer.writerows(elo_history)
-    plot_ratings(out / "elo_ratings.png", elo_history, names, title=f"{cfg.algorithm.name}: ratings over training")
+    if names:  # a method without Elo ratings (pairs_offline, sparta's reputations: its own report) has no plot
+        with open(out / "elo_history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", *names])
+            writer.writeheader()
+            writer.writerows(elo_history)
+        plot_ratings(out / "elo_ratings.png", elo_history, names, title=f"{cfg.algorithm.name}: ratings over training")
     played = last.played if last is not None else None
     with open(out / "sample_games.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -103,15 +104,18 @@ def plot_ratings(path: Path, elo_history: list[dict], names: list[str], *, title
 
 
 def export_final(cfg: RunConfig, run_dir: Path, tracker: Tracker) -> Path | None:
-    """The newest checkpoint as an HF checkpoint under <run_dir>/export_hf (checkpoint.export_hf), logged."""
+    """The newest checkpoint as an HF checkpoint under <run_dir>/export_hf/<step> (checkpoint.export_hf), logged;
+    a several-player checkpoint's other players beside it (<step>-<name>). Returns the first player's."""
     from megatron_elo.models.convert import megatron_dir_to_hf
     from megatron_elo.trainer.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(run_dir / "checkpoints")
     if not cfg.checkpoint.export_hf or latest is None:
         return None
-    target = run_dir / "export_hf" / latest.name
-    if not target.exists():
-        megatron_dir_to_hf(latest, target)
-    tracker.log_artifact(target, "export_hf")
-    return target
+    others = json.loads((latest / "meta.json").read_text()).get("players", [])
+    for player in [None, *others]:  # a tribe's further players: export_hf/<step>-<name>
+        target = run_dir / "export_hf" / (latest.name if player is None else f"{latest.name}-{player}")
+        if not target.exists():
+            megatron_dir_to_hf(latest, target, player=player)
+        tracker.log_artifact(target, "export_hf")
+    return run_dir / "export_hf" / latest.name

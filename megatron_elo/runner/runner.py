@@ -98,7 +98,7 @@ class Runner:
                              f"(or use auto, which falls back to the newest sound one)")
         if chosen is None:
             return False
-        self.registry.resume(self.recipe.trainer, Path(chosen))
+        self.registry.resume(self.recipe.trainers(), Path(chosen))
         log.info("resumed from %s at step %d", chosen, self.run_state.step)
         return True
 
@@ -186,18 +186,22 @@ class Runner:
         self.run_state.evals.append(dataclasses.asdict(result))
         metrics = {"eval/win_rate": result.win_rate, "eval/win_rate_ci95": result.ci95, "eval/exact": result.exact}
         metrics.update({f"eval/win_rate/{k}": v for k, v in result.per_opponent.items()})
+        metrics.update({f"eval/{name}/win_rate": v for name, v in result.per_player.items()})
         tracker.log_metrics(metrics, step=result.step)
         if world.is_driver:
             log.info("eval at step %d: %s win rate %.3f +- %.3f (exact %.2f) %s", result.step, self.cfg.eval.split.replace("_", "-"),
-                     result.win_rate, result.ci95, result.exact, {k: round(v, 3) for k, v in result.per_opponent.items()})
+                     result.win_rate, result.ci95, result.exact,
+                     {k: round(v, 3) for k, v in {**result.per_opponent, **result.per_player}.items()})
 
     def _save(self, world: World) -> None:
-        self.registry.save(self.recipe.trainer, self.run_dir / "checkpoints", keep_last=self.cfg.checkpoint.keep_last,
+        self.registry.save(self.recipe.trainers(), self.run_dir / "checkpoints", keep_last=self.cfg.checkpoint.keep_last,
                            is_driver=world.is_driver)
 
     def _finish(self, final: EvalResult | None, tracker: Tracker) -> dict:
         """Artifacts, the HF export and the summary (driver; the win rates are None without evaluation)."""
         ratings = self.recipe.ratings()
+        (self.run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+        reported = self.recipe.report(self.run_dir / "artifacts")  # written before the artifacts are logged
         write_artifacts(self.cfg, self.run_dir, rated=list(ratings), elo_history=self.run_state.elo_history,
                         evals=self.run_state.evals, last=self.last_record, tracker=tracker)
         export = export_final(self.cfg, self.run_dir, tracker)
@@ -207,7 +211,7 @@ class Runner:
                    "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
                    "exact_after": final.exact, "elo": ratings, "mlflow": tracker.location,
                    "export": str(export) if export else None, "run_dir": str(self.run_dir), "eval_split": self.cfg.eval.split,
-                   "evals": self.run_state.evals}
+                   "evals": self.run_state.evals, **reported}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

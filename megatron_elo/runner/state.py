@@ -2,8 +2,8 @@
 
     registry = StateRegistry(run_state)
     registry.register_stages({"prompts": source, "pool": pool, "judge": judge, "matchmaker": mm})
-    registry.save(trainer, checkpoints_dir, keep_last=2)          # collective
-    registry.resume(trainer, checkpoint)                            # collective
+    registry.save(trainers, checkpoints_dir, keep_last=2)         # collective; {name: trainer}, the first's shards main
+    registry.resume(trainers, checkpoint)                           # collective
 
 A stage is stateful when it has ``state_dict`` / ``load_state_dict`` (JSON, kept in the checkpoint's
 meta.json: data position, Elo pool, judge statistics, matchmaker state) or ``rank_state_dict`` /
@@ -96,17 +96,20 @@ class StateRegistry:
         for name, stage in self.rank_stages.items():
             stage.load_rank_state_dict(rank_states[name])
 
-    def save(self, trainer: PolicyTrainer, root: Path, *, keep_last: int, is_driver: bool) -> Path:
-        """The trainer's shards, the RNG and every stage's state under ``root`` (collective)."""
+    def save(self, trainers: Mapping[str, PolicyTrainer], root: Path, *, keep_last: int, is_driver: bool) -> Path:
+        """The trainers' shards (``trainers``: by player name, the first one's as the checkpoint's main shards),
+        the RNG and every stage's state under ``root`` (collective)."""
         from megatron_elo.trainer.checkpoint import save_checkpoint
 
         run_state = self.json_stages["run"]
-        return save_checkpoint(trainer, root, extra=self.state_dict() if is_driver else None, keep_last=keep_last,
-                               rank_state=self.rank_state_dict(), step=run_state.step)
+        first, *others = trainers.items()
+        return save_checkpoint(first[1], root, extra=self.state_dict() if is_driver else None, keep_last=keep_last,
+                               rank_state=self.rank_state_dict(), step=run_state.step, others=dict(others))
 
-    def resume(self, trainer: PolicyTrainer, checkpoint: Path) -> None:
-        """Restore the trainer and every registered stage from ``checkpoint`` (collective)."""
+    def resume(self, trainers: Mapping[str, PolicyTrainer], checkpoint: Path) -> None:
+        """Restore the trainers (as ``save`` got them) and every registered stage from ``checkpoint`` (collective)."""
         from megatron_elo.trainer.checkpoint import load_checkpoint, load_rank_state
 
-        states = load_checkpoint(trainer, checkpoint)
+        first, *others = trainers.items()
+        states = load_checkpoint(first[1], checkpoint, others=dict(others))
         self.load(states, load_rank_state(checkpoint), source=checkpoint)

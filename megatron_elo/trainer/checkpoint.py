@@ -4,6 +4,7 @@
         meta.json                 format, step, layout, arch, every file's SHA-256 (written last: a directory
                                   without it is incomplete)
         shard_tp0_pp0.pt ...      model weights + optimizer state of each (tp, pp) shard (DP rank 0 writes)
+        shard_<name>_tp0_pp0.pt   the same of each further trained player (SPARTA's tribe), meta.json's "players"
         rng_rank0.pt ...          each rank's torch / numpy / python (and CUDA) RNG states
         state_rank0.pt ...        each rank's own run state, when it has some (an overlapped run's pending batch)
 
@@ -101,8 +102,14 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def shard_name(tp_rank: int, pp_rank: int, player: str | None = None) -> str:
+    """File of one (tp, pp) shard: of the run's first trained player (None), or of the player ``player``."""
+    return f"shard_tp{tp_rank}_pp{pp_rank}.pt" if player is None else f"shard_{player}_tp{tp_rank}_pp{pp_rank}.pt"
+
+
 def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | None = None, keep_last: int = 0,
-                    rank_state: dict | None = None, step: int | None = None) -> Path:
+                    rank_state: dict | None = None, step: int | None = None,
+                    others: dict[str, PolicyTrainer] | None = None) -> Path:
     """Write the trainer's state at its current step (collective: every rank calls it).
 
     step: the run's step, naming the directory and meta.json's "step" (default: the trainer's optimizer
@@ -110,6 +117,7 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     extra: JSON-serialisable run state kept in meta.json (data position, Elo pool, MLflow run id).
     keep_last: delete all but the newest ``keep_last`` checkpoints afterwards (0 keeps all).
     rank_state: this rank's own state (torch-saveable), read back by ``load_rank_state``.
+    others: further trained players by name (same layout), each in its own shard files.
     """
     groups = trainer.groups
     rank, c = dist.get_rank(), groups.coords
@@ -120,11 +128,12 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    optimizer_state = trainer.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
-    if c.dp_rank == 0:
-        torch.save({"model": trainer.model.state_dict(), "optimizer": optimizer_state, "step": trainer.step},
-                   tmp / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt")
-    written = [f"rng_rank{rank}.pt"] + ([f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt"] if c.dp_rank == 0 else [])
+    written = [f"rng_rank{rank}.pt"]
+    for player, each in [(None, trainer), *(others or {}).items()]:
+        optimizer_state = each.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
+        if c.dp_rank == 0:
+            written.append(shard_name(c.tp_rank, c.pp_rank, player))
+            torch.save({"model": each.model.state_dict(), "optimizer": optimizer_state, "step": each.step}, tmp / written[-1])
     torch.save(_rng_state(), tmp / written[0])
     if rank_state:
         written.append(f"state_rank{rank}.pt")
@@ -134,7 +143,7 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     if rank == 0:
         layout = groups.layout
         meta = {"format": FORMAT, "step": step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
-                "arch": dataclasses.asdict(trainer.arch), "layer_spec": model_layer_spec(trainer.model), "extra": extra or {},
+                "arch": dataclasses.asdict(trainer.arch), "layer_spec": model_layer_spec(trainer.model), "extra": extra or {}, "players": sorted(others or {}),
                 "files": {name: digest for per_rank in checksums for name, digest in sorted(per_rank.items())}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -146,8 +155,9 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     return final
 
 
-def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
-    """Restore model, optimizer, step and RNG from ``path``; returns meta["extra"]. Collective.
+def load_checkpoint(trainer: PolicyTrainer, path: str | Path, *, others: dict[str, PolicyTrainer] | None = None) -> dict:
+    """Restore model, optimizer, step and RNG from ``path`` (and each of ``others``' own shards, by name,
+    as ``save_checkpoint`` wrote them); returns meta["extra"]. Collective.
 
     Raises ValueError naming the mismatch when the checkpoint's format, TP / PP or architecture differ.
     """
@@ -171,10 +181,14 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path) -> dict:
                          f"model.layer_spec={saved_spec}, or export the checkpoint to HF (`megatron-elo convert`) and start from that")
     # onto the CPU first: load_state_dict copies into the parameters' device (and the optimizer moves its
     # state there), where tensors saved from cuda:0 would otherwise all land on this node's first GPU
-    shard = torch.load(path / f"shard_tp{c.tp_rank}_pp{c.pp_rank}.pt", map_location="cpu", weights_only=False)
-    trainer.model.load_state_dict(shard["model"])
-    trainer.optimizer.load_full_state(shard["optimizer"], adam_steps=shard["step"])  # collective over DP
-    trainer.step = shard["step"]
+    if sorted(meta.get("players", [])) != sorted(others or {}):
+        raise ValueError(f"{path} holds the players {sorted(meta.get('players', []))} besides the first, this run trains "
+                         f"{sorted(others or {})}; resume from a checkpoint of this config or set checkpoint.resume=never")
+    for player, each in [(None, trainer), *(others or {}).items()]:
+        shard = torch.load(path / shard_name(c.tp_rank, c.pp_rank, player), map_location="cpu", weights_only=False)
+        each.model.load_state_dict(shard["model"])
+        each.optimizer.load_full_state(shard["optimizer"], adam_steps=shard["step"])  # collective over DP
+        each.step = shard["step"]
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved
         _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))

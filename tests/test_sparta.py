@@ -1,0 +1,278 @@
+"""SPARTA: duel planning, the checker and LLM panels, verdicts / pairs / label accuracy on hand-built duels,
+config checks, and (slow) the tribe on tiny real engines: every player trains and syncs, a resumed run
+equals an uninterrupted one bitwise, the LLM panel asks every judge its prompts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from megatron_elo.config.loader import ConfigError, config_from_dict, load_config, read_yaml
+from megatron_elo.config.validate import validate
+from megatron_elo.elo.reputation import Reputations
+from megatron_elo.flow import Prompt, PromptBatch, Response
+from megatron_elo.judges.panel import PanelScores, checker_score, fill_score_template, noisy_checker_scores
+from megatron_elo.matchmaking.duels import DuelMatch, DuelPlan, plan_duels
+from megatron_elo.signals.duels import duel_pair_rows, judge_duels
+from tests.test_loop import players  # noqa: F401  (the tiny players, made once per module)
+
+SPARTA = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu_sparta.yaml"
+
+
+def reputations_at(**ratings: float) -> Reputations:
+    reps = Reputations(sorted(ratings))
+    reps.ratings.update(ratings)
+    return reps
+
+
+# ---------------------------------------------------------------- duels
+
+
+def test_round_robin_first_players_and_nearest_opponents():
+    reps = reputations_at(a=100.0, b=130.0, c=90.0, d=60.0)
+    plan = plan_duels(6, reps, step=1, rng=np.random.default_rng(0), first="round_robin", p_random=0.0, nearest=1)
+    # iteration 1 of 6 instructions: players (6 + i) mod 4 in name order -> c d a b c d
+    assert [d.first for d in plan.duels] == ["c", "d", "a", "b", "c", "d"]
+    # p_random 0, one neighbour: always the closest reputation (c: a at 10; d: c at 30; a: c at 10; b: a at 30)
+    assert [d.second for d in plan.duels] == ["a", "c", "c", "a", "a", "c"]
+    assert plan.answering("a") == [0, 2, 3, 4] and plan.judging("a") == [1, 5]
+
+
+def test_random_opponents_are_uniform_over_the_others():
+    reps = reputations_at(a=100.0, b=300.0, c=100.0, d=100.0)
+    plan = plan_duels(3000, reps, step=0, rng=np.random.default_rng(1), first="uniform", p_random=1.0, nearest=1)
+    assert all(d.first != d.second for d in plan.duels)
+    against_b = [d.second == "b" for d in plan.duels if d.first == "a"]  # b is never a's nearest: only random picks it
+    assert abs(np.mean(against_b) - 1 / 3) < 0.05
+    firsts = [d.first for d in plan.duels]
+    assert all(abs(firsts.count(n) / 3000 - 0.25) < 0.03 for n in "abcd")
+
+
+# ---------------------------------------------------------------- panels
+
+
+def test_checker_scores_by_hand():
+    assert checker_score("27", "27") == 10.0 and checker_score("25", "27") == 8.0
+    assert checker_score("100", "27") == 1.0 and checker_score("2x", "27") == 1.0  # far off, not a number: the floor
+    rng = np.random.default_rng(3)
+    assert noisy_checker_scores({"j1": 0.0, "j2": 0.0}, "25", "27", rng) == {"j1": 8.0, "j2": 8.0}
+    draws = [noisy_checker_scores({"j": 0.5}, "27", "27", rng)["j"] for _ in range(4000)]
+    # noise 0.5: half the scores are uniform over 1-10, so 0.5 * 0.9 differ from the checker's 10
+    assert abs(np.mean([d != 10.0 for d in draws]) - 0.45) < 0.03
+    assert set(draws) <= set(map(float, range(1, 11)))
+
+
+def batch_of(*problems: tuple[str, str]) -> PromptBatch:
+    prompts = tuple(Prompt(prompt_id=f"q{i}", text=text, reference=ref) for i, (text, ref) in enumerate(problems))
+    return PromptBatch(prompts=prompts, token_ids=tuple((10 + i, 11 + i) for i in range(len(prompts))))
+
+
+def answer(player: str, i: int, text: str) -> Response:
+    return Response(player=player, prompt_id=f"q{i}", sample_index=0, text=text, token_ids=tuple(ord(c) for c in text))
+
+
+def test_weighted_and_plain_panels_decide_pairs_and_their_label_accuracy():
+    batch = batch_of(("2+3=", "5"), ("4+4=", "8"), ("1+1=", "2"))
+    plan = DuelPlan(duels=(DuelMatch(prompt_index=0, first="a", second="b"), DuelMatch(prompt_index=1, first="b", second="a"),
+                           DuelMatch(prompt_index=2, first="a", second="b")))
+    answers = {(0, "a"): answer("a", 0, "5"), (0, "b"): answer("b", 0, "7"), (1, "b"): answer("b", 1, "8"),
+               (1, "a"): answer("a", 1, "9"), (2, "a"): answer("a", 2, "3"), (2, "b"): answer("b", 2, "1")}
+    reps = reputations_at(a=100.0, b=100.0, good=150.0, noisy=50.0)
+    panel = PanelScores(scores={
+        # duel 0: good prefers a (right), noisy prefers b; weighted a 7.25 vs b 4.75, plain a 5.5 vs b 6.5
+        (0, "a"): {"good": 9.0, "noisy": 2.0}, (0, "b"): {"good": 3.0, "noisy": 10.0},
+        # duel 1: the same scores both sides under both weightings: an exact tie, no pair
+        (1, "b"): {"good": 6.0, "noisy": 6.0}, (1, "a"): {"good": 6.0, "noisy": 6.0},
+        # duel 2: both answers 1 off (equally good): decided (weighted a 6.0 vs b 5.5), left out of the label accuracy
+        (2, "a"): {"good": 5.0, "noisy": 9.0}, (2, "b"): {"good": 6.0, "noisy": 4.0}})
+    weighted = judge_duels(batch, plan, answers, panel, reps, weighting="reputation")
+    assert [(p.prompt_index, p.chosen, p.rejected) for p in weighted.pairs] == [(0, "a", "b"), (2, "a", "b")]
+    assert weighted.duels[0].score_a == pytest.approx(7.25) and weighted.duels[0].score_b == pytest.approx(4.75)
+    assert weighted.duels[1].score_a == pytest.approx((150 * 5 + 50 * 9) / 200)
+    metrics = weighted.metrics()
+    # checkable: duel 0 (a right) and duel 1 (second's 9 for 8 is worse than first's 8: a tie, labelled by neither)
+    assert metrics["pairs"] == 2 and metrics["duel_ties"] == 1 and metrics["label_accuracy/duels"] == 2
+    assert metrics["label_accuracy/reputation"] == 0.5 and metrics["label_accuracy/uniform"] == 0.0
+    assert math.isnan(metrics["panel_agreement"])  # duels 0 and 2 split one judge each way: no majority to agree
+    assert metrics["duel_win_rate/a"] == pytest.approx((1 + 0.5 + 1) / 3) and metrics["duel_win_rate/b"] == pytest.approx(0.5 / 3)
+    plain = judge_duels(batch, plan, answers, panel, reps, weighting="uniform")
+    assert [(p.chosen, p.rejected) for p in plain.pairs] == [("b", "a"), ("a", "b")]  # duel 2: plain 7.0 vs 5.0
+    rows = duel_pair_rows(batch, answers, weighted.pairs)
+    assert rows.prompt_ids == ((10, 11), (12, 13)) and rows.chosen_ids[0] == (ord("5"),) and rows.rejected_ids[1] == (ord("1"),)
+
+
+def test_llm_panel_asks_each_judge_its_duels_in_one_call_and_counts_what_it_cannot_read():
+    from megatron_elo.recipes.sparta import SpartaRecipe
+
+    calls = []
+
+    class Scripted:
+        """Stands in for the tribe: replies {"score": <len(prompt) % 10 + 1>}, except judge c, who rambles."""
+
+        players = {name: SimpleNamespace(tokenizer=SimpleNamespace(encode_prompt=lambda p: [1] * len(p.text), eos_id=0))
+                   for name in "abcd"}
+
+        def generate(self, name, prompts, token_ids, settings):
+            if prompts:  # as Tribe.generate: nothing to ask, no engine woken
+                calls.append((name, [p.prompt_id for p in prompts], settings.temperature))
+            return [SimpleNamespace(text="no idea" if name == "c" else f'{{"score": {len(p.text) % 10 + 1}}}') for p in prompts]
+
+    recipe = SpartaRecipe.__new__(SpartaRecipe)
+    recipe.cfg = SimpleNamespace(algorithm=SimpleNamespace(sparta=SimpleNamespace(score_max_new_tokens=8)),
+                                 rollout=SimpleNamespace(engine=SimpleNamespace(max_model_len=40)))
+    recipe.tribe, recipe.template = Scripted(), "Q {question} A {answer} score?"
+    batch = batch_of(("2+3=", "5"), ("4+4=", "8"))
+    plan = DuelPlan(duels=(DuelMatch(prompt_index=0, first="a", second="b"), DuelMatch(prompt_index=1, first="c", second="a")))
+    long_answer = "9" * 30  # its prompt (44 tokens + 8 to generate) is over the engine's 40
+    answers = {(0, "a"): answer("a", 0, "5"), (0, "b"): answer("b", 0, "6"), (1, "c"): answer("c", 1, long_answer),
+               (1, "a"): answer("a", 1, "8")}
+    panel = recipe._llm_panel(batch, plan, answers)
+    # one greedy call per judge, for the duels it is not in; the overlong prompt is not sent
+    assert sorted(calls) == [("b", ["q1/a"], 0.0), ("c", ["q0/a", "q0/b"], 0.0), ("d", ["q0/a", "q0/b", "q1/a"], 0.0)]
+    text = fill_score_template(recipe.template, question="2+3=", answer="5")
+    assert text == "Q 2+3= A 5 score?"
+    assert panel.scores[0, "a"] == {"c": 5.0, "d": float(len(text) % 10 + 1)}  # c's ramble: 5
+    assert panel.scores[1, "c"] == {"b": 5.0, "d": 5.0}  # overlong for both judges
+    assert panel.unparsed == 2 and panel.overlong == 2 and panel.parsed == 4
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_sparta_config_problems_are_reported_together():
+    overrides = ["players.p100.judge_noise=1.5", "players.p150.lr=-1", "rollout.n_per_prompt=2", "judge.noise=0.2",
+                 "algorithm.sparta.p_random=2", "algorithm.sparta.nearest=0", "trainer.micro_batch_size=3",
+                 "trainer.global_batch_size=3"]
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(SPARTA, overrides), check_paths=False)
+    text = str(err.value)
+    for field in ("players.0.judge_noise", "players.1.lr", "rollout.n_per_prompt", "judge.noise", "algorithm.sparta.p_random",
+                  "algorithm.sparta.nearest", "trainer.micro_batch_size"):
+        assert field in text, field
+    raw = read_yaml(SPARTA)
+    raw["players"] = raw["players"][:2] + [dict(raw["players"][0])]
+    raw["algorithm"]["sparta"]["panel"] = "llm"
+    with pytest.raises(ConfigError) as err:
+        validate(config_from_dict(raw), check_paths=False)
+    assert "repeated: ['p100']" in str(err.value) and "players.0.judge_noise: only the checker panel" in str(err.value)
+    raw = read_yaml(SPARTA)
+    raw["algorithm"]["name"] = "pairs_online"
+    raw["rollout"]["n_per_prompt"] = 4
+    with pytest.raises(ConfigError, match="players: only algorithm.name=sparta"):
+        validate(config_from_dict(raw), check_paths=False)
+    assert validate(load_config(SPARTA), check_paths=False).algorithm.sparta.weighting == "reputation"
+
+
+# ---------------------------------------------------------------- the tribe on tiny real engines (slow)
+
+
+def sparta_config(root: Path, players: Path, **sparta) -> object:  # noqa: F811
+    """tiny_cpu_sparta.yaml shrunk onto the test's tiny players: four players, 4 iterations of 8 duels."""
+    raw = read_yaml(SPARTA)
+    raw.update(output_dir=str(root), tracking={"backend": "none"})
+    names = ("weak", "policy_init", "medium", "strong")
+    raw["model"]["path"] = str(players / "policy_init")
+    raw["players"] = [{"name": n, "path": str(players / n), "judge_noise": noise} for n, noise in zip(names, (0.6, 0.4, 0.2, 0.0), strict=True)]
+    raw["opponents"][0]["model"]["path"] = str(players / "medium")
+    raw["prepare"]["snapshots"] = [{"path": str(players / n), "sft_steps": s} for n, s in zip(names, (3, 5, 8, 12), strict=True)]
+    raw["trainer"].update(steps=4, lr=1e-3, lr_schedule="constant", warmup_steps=0, micro_batch_size=8, global_batch_size=16)
+    raw["rollout"].update(prompts_per_step=8)
+    raw["eval"].update(every_steps=2, num_prompts=8)
+    raw["checkpoint"].update(every_steps=2)
+    raw["data"]["synthetic"].update(num_train=40)
+    raw["algorithm"]["sparta"].update(sparta)
+    if sparta.get("panel") == "llm":
+        for player in raw["players"]:
+            player["judge_noise"] = 0.0
+        raw["rollout"]["engine"]["max_model_len"] = 128
+    return validate(config_from_dict(raw))
+
+
+def sampler_gaps(recipe) -> dict[str, float]:
+    """Per player: mean |engine - trainer| log-prob of the engine's own samples of 8 problems (0: in sync)."""
+    prompts = tuple(Prompt(prompt_id=f"gap{i}", text=f"{i}+{i + 1}=") for i in range(8))
+    gaps = {}
+    for name, player in recipe.tribe.players.items():
+        batch = PromptBatch(prompts=prompts, token_ids=tuple(tuple(player.tokenizer.encode_prompt(p)) for p in prompts))
+        gaps[name] = player.prepare(batch, player.rollouts(batch, 99), step=99).sampler_gap.mean
+    return gaps
+
+
+def run_tribe(rank, world_size, cfg, stop_after=None):
+    from megatron_elo.recipes.sparta import SpartaRecipe
+    from megatron_elo.runner.runner import Runner
+
+    gaps = {}
+    step = SpartaRecipe.step
+
+    def step_then_gaps(recipe, index):  # after the last iteration's syncs, while the engines are up
+        record = step(recipe, index)
+        if index + 1 == cfg.trainer.steps:
+            gaps.update(sampler_gaps(recipe))
+        return record
+
+    SpartaRecipe.step = step_then_gaps
+    runner, records = Runner(cfg, stop_after=stop_after), []
+    log_step = runner._log_step
+    runner._log_step = lambda record, *args: (records.append(record), log_step(record, *args))
+    summary = runner.run()
+    recipe = runner.recipe
+    weights = {name: {n: p.detach().clone() for n, p in t.model.named_parameters()} for name, t in recipe.trainers().items()}
+    return (summary, weights, recipe.reputation_log.rows, [dict(r.extra_metrics) for r in records], gaps,
+            {name: t.step for name, t in recipe.trainers().items()})
+
+
+@pytest.mark.slow
+def test_tribe_trains_every_player_and_a_resumed_run_is_the_same_run(players, tmp_path_factory):  # noqa: F811
+    from megatron_elo.parallel.spawn import run_distributed
+
+    straight = run_distributed(run_tribe, 1, sparta_config(tmp_path_factory.mktemp("straight"), players), timeout=900)[0]
+    resumed_cfg = sparta_config(tmp_path_factory.mktemp("resumed"), players)
+    first = run_distributed(run_tribe, 1, resumed_cfg, 3, timeout=900)[0]  # killed after iteration 3: step 2's checkpoint
+    second = run_distributed(run_tribe, 1, resumed_cfg, timeout=900)[0]
+    summary, weights, log_rows, metrics, gaps, optimizer_steps = straight
+    assert first[0] == {"finished": False, "step": 3} and second[0]["finished"]
+    for name in weights:  # every player's weights, bitwise
+        assert all(torch_equal(second[1][name][k], weights[name][k]) for k in weights[name]), name
+    assert second[2] == log_rows and second[5] == optimizer_steps  # reputations after every iteration, optimizer steps
+    assert second[0]["reputation"] == summary["reputation"] and second[0]["evals"] == summary["evals"]
+    assert [row["step"] for row in log_rows] == [1, 2, 3, 4]
+    assert summary["reputation"] != {n: 100.0 for n in weights}  # decided duels moved the reputations
+    assert all(steps >= 1 for steps in optimizer_steps.values())  # every player trained on the shared pairs
+    assert any(f"loss/{n}" in m for m in metrics for n in weights)
+    assert set(gaps) == set(weights) and all(gap < 1e-3 for gap in gaps.values()), gaps  # per player: the engine samples with the trained weights
+    per_player = summary["evals"][-1]["per_player"]
+    assert set(per_player) == set(weights) and all(0 <= v <= 1 for v in per_player.values())
+    last = metrics[-1]
+    assert {"label_accuracy/reputation", "label_accuracy/uniform", "panel_agreement", "reputation/strong",
+            "reputation_sigma/weak", "duel_win_rate/medium"} <= last.keys()
+    assert last["pairs"] + last["duel_ties"] == 8
+    run_dir = Path(summary["run_dir"])
+    assert {"reputation.png", "reputation_history.csv"} <= {p.name for p in (run_dir / "artifacts").iterdir()}
+    exports = {p.name for p in (run_dir / "export_hf").iterdir()}
+    assert {"step_00000004", "step_00000004-policy_init", "step_00000004-medium", "step_00000004-strong"} <= exports
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_llm_panel_scores_with_each_players_engine(players, tmp_path):  # noqa: F811
+    from megatron_elo.parallel.spawn import run_distributed
+
+    template = tmp_path / "score.txt"
+    template.write_text("{question}{answer} ? ")  # the task's alphabet only (its tokenizer has no letters)
+    cfg = sparta_config(tmp_path, players, panel="llm", score_template=str(template), score_max_new_tokens=8)
+    cfg.trainer.steps, cfg.eval.num_prompts = 2, 0
+    summary, _, log_rows, metrics, _, _ = run_distributed(run_tribe, 1, cfg, timeout=900)[0]
+    assert summary["finished"] and len(log_rows) == 2
+    for m in metrics:  # 8 duels, 2 answers each, scored by the 2 players not in the duel: 32 judge prompts
+        assert m["panel/parsed"] + m["panel/unparsed"] + m["panel/overlong"] == 32
+        assert m["pairs"] + m["duel_ties"] == 8
