@@ -144,13 +144,13 @@ def test_llm_panel_asks_each_judge_its_duels_in_one_call_and_counts_what_it_cann
 
 
 def test_sparta_config_problems_are_reported_together():
-    overrides = ["players.p100.judge_noise=1.5", "players.p150.lr=-1", "rollout.n_per_prompt=2", "judge.noise=0.2",
+    overrides = ["players.p100.judge_noise=1.5", "players.p200.name=a/b", "players.p150.lr=-1", "rollout.n_per_prompt=2", "judge.noise=0.2",
                  "algorithm.sparta.p_random=2", "algorithm.sparta.nearest=0", "trainer.micro_batch_size=3",
                  "trainer.global_batch_size=3"]
     with pytest.raises(ConfigError) as err:
         validate(load_config(SPARTA, overrides), check_paths=False)
     text = str(err.value)
-    for field in ("players.0.judge_noise", "players.1.lr", "rollout.n_per_prompt", "judge.noise", "algorithm.sparta.p_random",
+    for field in ("players.0.judge_noise", "players.2.name", "players.1.lr", "rollout.n_per_prompt", "judge.noise", "algorithm.sparta.p_random",
                   "algorithm.sparta.nearest", "trainer.micro_batch_size"):
         assert field in text, field
     raw = read_yaml(SPARTA)

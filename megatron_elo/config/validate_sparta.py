@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from megatron_elo.config.schema import ModelConfig, RunConfig
 
 SPARTA = "sparta"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 DEFAULT_SCORE_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "sparta" / "score.txt"
 
 
@@ -36,6 +38,8 @@ def check_sparta(cfg: RunConfig, need, *, check_paths: bool) -> None:
     clash = sorted(set(names) & {o.name for o in cfg.opponents})
     need(not clash, f"players: {clash} are also opponent names; rename them (metrics and answer stores are keyed by name)")
     for i, player in enumerate(players):
+        need(bool(_NAME.fullmatch(player.name)), f"players.{i}.name: {player.name!r} names its shard files and export; use "
+                                                 f"letters, digits, '.', '_' or '-'")
         need(0.0 <= player.judge_noise <= 1.0, f"players.{i}.judge_noise: must be in [0, 1], got {player.judge_noise}")
         need(player.lr is None or player.lr > 0, f"players.{i}.lr: must be > 0, got {player.lr}")
         need(player.judge_noise == 0 or sparta.panel == "checker",
