@@ -14,8 +14,8 @@ DEFAULT_SCORE_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "spar
 
 
 def player_model(cfg: RunConfig, index: int) -> ModelConfig:
-    """Player ``index``'s model: ``cfg.model`` with the player's weights (its arch filled by validation)."""
-    return replace(cfg.model, path=cfg.players[index].path, arch=cfg.model.arch)
+    """Player ``index``'s model: ``cfg.model`` (its architecture, dtype, tokenizer settings) with the player's weights."""
+    return replace(cfg.model, path=cfg.players[index].path)
 
 
 def score_template_path(cfg: RunConfig) -> Path:

@@ -35,6 +35,7 @@ from megatron_elo.evaluation.evaluator import build_evaluator
 from megatron_elo.flow import POLICY, Game, GroupSignal, Played, PromptBatch, Response, StepRecord
 from megatron_elo.matchmaking.games import make_games, opponent_requests
 from megatron_elo.matchmaking.matchmakers import Matchmaker, update_ratings
+from megatron_elo.parallel.world import World
 from megatron_elo.players.sync_check import SamplerGap
 from megatron_elo.players.trained import PreparedRollouts, TrainedPlayer
 from megatron_elo.runner.context import RunContext
@@ -54,6 +55,28 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
     clock = time.perf_counter()
     yield
     timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - clock
+
+
+class StepPrompts:
+    """Each step's batch of the prompt source (None off the driver), drawn by the driver and sent to every
+    rank; the source's position before the latest draw is kept, to put back when that step fails before
+    its update (``Recipe.undo_partial_step``)."""
+
+    def __init__(self, world: World, source: PromptSource | None, per_step: int):
+        self.world, self.source, self.per_step = world, source, per_step
+        self.before: dict | None = None
+
+    def draw(self, step: int) -> PromptBatch:
+        """The step's prompts on every rank (a prompt the driver cannot use stops all)."""
+        if self.source is not None:
+            self.before = self.source.state_dict()
+        return self.world.on_driver(lambda: self.source.next_batch(self.per_step),
+                                    waiting_for=f"the driver's prompts of step {step}")
+
+    def undo(self) -> None:
+        """The source back where the latest draw found it (nothing before the first draw, or off the driver)."""
+        if self.source is not None and self.before is not None:
+            self.source.load_state_dict(self.before)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +111,7 @@ class GamesRecipe:
         self.pool, self.matchmaker = pool, matchmaker
         self.policy = self.build_policy(cfg, world)
         self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, self.policy.tokenizer) if world.is_driver else None
+        self.step_prompts = StepPrompts(world, self.prompts, cfg.rollout.prompts_per_step)
         self.opponents, self.judge = ctx.opponents(), ctx.judge()  # the driver's; None elsewhere
         self.signal = GroupAdvantages(n_per_prompt=cfg.rollout.n_per_prompt, std_normalize=cfg.trainer.std_normalize,
                                       kernels=cfg.trainer.kernels, device=self.policy.trainer.device)
@@ -132,7 +156,7 @@ class GamesRecipe:
             return self._overlapped_step(step)
         timings: dict[str, float] = {}
         with timed(timings, "generate"):
-            batch = self._next_batch(step)
+            batch = self.step_prompts.draw(step)
             rollouts = self.policy.rollouts(batch, step)
             self.policy.sleep()  # GPU: weights and KV cache released for the update (no-op on CPU)
         played, signal = self.world.on_driver(lambda: self._play_and_score(batch, rollouts, step, timings),
@@ -150,7 +174,7 @@ class GamesRecipe:
         timings: dict[str, float] = {}
         stats, tokens, previous = [], 0.0, self.pending.update
         with timed(timings, "generate"):
-            batch = self._next_batch(step)
+            batch = self.step_prompts.draw(step)
             rollouts = self.policy.rollouts(batch, step)
             prepared = self.policy.prepare(batch, rollouts, step=step)  # old log-probs now: the sampler's weights
             if previous is not None:
@@ -176,17 +200,9 @@ class GamesRecipe:
             self.policy.sync_weights()
         return stats, update.prepared.response_tokens
 
-    def _next_batch(self, step: int) -> PromptBatch:
-        """The step's prompts, drawn by the driver, on every rank (a prompt the driver cannot use stops all)."""
-        if self.prompts is not None:
-            self._prompts_before_step = self.prompts.state_dict()
-        return self.world.on_driver(lambda: self.prompts.next_batch(self.cfg.rollout.prompts_per_step),
-                                    waiting_for=f"the driver's prompts of step {step}")
-
     def undo_partial_step(self) -> None:
         """The prompt source back where the failed step found it (see ``Recipe.undo_partial_step``)."""
-        if self.prompts is not None and getattr(self, "_prompts_before_step", None) is not None:
-            self.prompts.load_state_dict(self._prompts_before_step)
+        self.step_prompts.undo()
 
     def _play_and_score(self, batch: PromptBatch, rollouts: list[list[Response]], step: int,
                         timings: dict[str, float]) -> tuple[Played, GroupSignal]:

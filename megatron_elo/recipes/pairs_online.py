@@ -58,7 +58,7 @@ class PairsOnlineRecipe(GamesRecipe):
         """One iteration on every rank; the driver's record has the games and the pairs."""
         timings: dict[str, float] = {}
         with timed(timings, "generate"):
-            batch = self._next_batch(step)
+            batch = self.step_prompts.draw(step)
             rollouts = self.policy.rollouts(batch, step)
             self.policy.sleep()
         played, signal, metrics = self.world.on_driver(lambda: self._play_pairs(batch, rollouts, step, timings),

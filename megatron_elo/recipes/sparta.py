@@ -36,7 +36,7 @@ from megatron_elo.judges.panel import (
 )
 from megatron_elo.matchmaking.duels import DuelPlan, plan_duels
 from megatron_elo.players.tribe import Tribe
-from megatron_elo.recipes.games import timed
+from megatron_elo.recipes.games import StepPrompts, timed
 from megatron_elo.rollout.engine import SamplingSettings
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.duels import TribeSignal, duel_pair_rows, judge_duels
@@ -90,6 +90,7 @@ class SpartaRecipe:
         self.tribe = Tribe.build(cfg, world)
         first = next(iter(self.tribe.players.values()))
         self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, first.tokenizer) if world.is_driver else None
+        self.step_prompts = StepPrompts(world, self.prompts, cfg.rollout.prompts_per_step)
         self.reputations = Reputations(self.tribe.names) if world.is_driver else None
         self.reputation_log = ReputationLog() if world.is_driver else None
         self.template = score_template_path(cfg).read_text() if cfg.algorithm.sparta.panel == "llm" else None
@@ -118,8 +119,7 @@ class SpartaRecipe:
 
     def undo_partial_step(self) -> None:
         """The prompt source back where the failed iteration found it."""
-        if self.prompts is not None and getattr(self, "_prompts_before_step", None) is not None:
-            self.prompts.load_state_dict(self._prompts_before_step)
+        self.step_prompts.undo()
 
     # ------------------------------------------------------------ the iteration
 
@@ -128,7 +128,7 @@ class SpartaRecipe:
         timings: dict[str, float] = {}
         sparta, world = self.cfg.algorithm.sparta, self.world
         with timed(timings, "generate"):
-            batch = self._next_batch(step)
+            batch = self.step_prompts.draw(step)
             plan = world.on_driver(lambda: plan_duels(len(batch.prompts), self.reputations, step=step,
                                                       rng=np.random.default_rng([self.cfg.seed, step, 1]),
                                                       first=sparta.first, p_random=sparta.p_random, nearest=sparta.nearest),
@@ -143,19 +143,10 @@ class SpartaRecipe:
         with timed(timings, "train"):
             stats = self.tribe.train(rows, step=step)  # each player's weight sync included
         extra = {f"loss/{name}": float(np.mean([s.loss for s in mine])) for name, mine in stats.items() if mine}
-        record = StepRecord(step=step + 1, train=tuple(s for mine in stats.values() for s in mine),
-                            response_tokens=rows.response_tokens, timings=timings, extra_metrics=extra)
-        if not world.is_driver:
-            return record
-        extra.update(self._driver_metrics(signal, panel))
-        return record
-
-    def _next_batch(self, step: int) -> PromptBatch:
-        """The iteration's instructions, drawn by the driver, on every rank."""
-        if self.prompts is not None:
-            self._prompts_before_step = self.prompts.state_dict()
-        return self.world.on_driver(lambda: self.prompts.next_batch(self.cfg.rollout.prompts_per_step),
-                                    waiting_for=f"the driver's prompts of iteration {step}")
+        if world.is_driver:
+            extra.update(self._driver_metrics(signal, panel))
+        return StepRecord(step=step + 1, train=tuple(s for mine in stats.values() for s in mine),
+                          response_tokens=rows.response_tokens, timings=timings, extra_metrics=extra)
 
     def _llm_panel(self, batch: PromptBatch, plan: DuelPlan, answers: dict[tuple[int, str], Response]) -> PanelScores:
         """Every judge's 1-10 score of each answer of the duels it is not in: its prompts in one greedy call on its
