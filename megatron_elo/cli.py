@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(compare)
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (seed, seed+1, ...)")
     compare.add_argument("--methods", default="point,static_pairwise,elo_evolve",
-                         help="comma-separated: point, static_pairwise, elo_evolve and the pair losses dpo, ipo, simpo, "
-                              "orpo, sppo, inpo (pairs_online with the config's algorithm.pairs)")
+                         help="comma-separated: point, static_pairwise, elo_evolve, the pair losses dpo, ipo, simpo, "
+                              "orpo, sppo, inpo (pairs_online with the config's algorithm.pairs) and the recipes eva, "
+                              "tsr, evolve (with the config's algorithm.eva / tsr / evolve)")
     compare.add_argument("--target", type=float, default=None,
                          help="win rate for 'steps to target' (default: the starting win rate + 0.05)")
     compare.set_defaults(handler=cmd_compare)

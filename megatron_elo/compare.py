@@ -2,6 +2,7 @@
 budget and seeds.
 
     megatron-elo compare configs/tiny_cpu.yaml --seeds 3 [--methods elo_evolve,dpo,simpo,sppo,inpo] [KEY=VALUE ...]
+    megatron-elo compare configs/tiny_cpu_tsr.yaml --seeds 3 --methods dpo,tsr,eva,evolve   (a config with their sections)
 
 A pair method (dpo, ipo, simpo, orpo, sppo, inpo) runs ``algorithm.name=pairs_online`` with that loss and
 the config's ``algorithm.pairs`` settings (games, rule, reference, epochs); its loss's own knobs are the
@@ -31,6 +32,8 @@ from megatron_elo.utils.logging import get_logger, progress_bar
 
 log = get_logger(__name__)
 METHODS = ("point", "static_pairwise", "elo_evolve")  # the default comparison: the paper's three
+# recipes run as the config sets them up (their own sections: e.g. configs/tiny_cpu_tsr.yaml's anchor)
+RECIPE_METHODS = ("eva", "tsr", "evolve")
 # each pair loss's knobs as its authors set them (../shared/ALGORITHMS.md); SPPO's eta 1000 is beta 0.001
 PAIR_METHODS: dict[str, dict[str, object]] = {
     "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "simpo": {"beta": 2.5, "simpo_gamma_beta_ratio": 0.55},
@@ -41,15 +44,16 @@ PAIR_METHODS: dict[str, dict[str, object]] = {
 def parse_methods(text: str) -> tuple[str, ...]:
     """``--methods`` "a,b,c" -> names, each a GRPO recipe or a pair loss (ValueError naming a stranger)."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [n for n in names if n not in METHODS and n not in PAIR_METHODS]
+    known = [*METHODS, *RECIPE_METHODS, *PAIR_METHODS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(f"--methods: unknown {unknown or text!r}; choose from {[*METHODS, *PAIR_METHODS]}")
+        raise ValueError(f"--methods: unknown {unknown or text!r}; choose from {known}")
     return names
 
 
 def method_overrides(cfg: RunConfig, method: str) -> list[str]:
     """The dotted overrides that make ``cfg`` train ``method``."""
-    if method in METHODS:
+    if method in METHODS or method in RECIPE_METHODS:
         return [f"algorithm.name={method}"]
     knobs = {} if cfg.algorithm.pairs.loss == method else PAIR_METHODS[method]
     return ["algorithm.name=pairs_online", f"algorithm.pairs.loss={method}",
@@ -80,7 +84,7 @@ def steps_to_target(evals: list[dict], target: float) -> int | None:
 
 def child_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     """The config the (method, seed) child run trains with."""
-    if method in METHODS:
+    if method in METHODS or method in RECIPE_METHODS:
         algorithm = dataclasses.replace(cfg.algorithm, name=method)
     else:
         knobs = {} if cfg.algorithm.pairs.loss == method else PAIR_METHODS[method]

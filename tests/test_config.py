@@ -388,5 +388,5 @@ def test_settings_without_an_effect_are_unknown_or_refused(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         tiny(f"algorithm.reward_model.path={tmp_path / 'rm'}")
     problems = problems_of(excinfo)
-    assert "algorithm.reward_model: only algorithm.name=point scores answers with a reward model" in problems
+    assert "algorithm.reward_model: only methods that score answers alone (point, eva with scorer" in problems
     assert "algorithm.reward_model.path" in problems and "has no config.json" in problems

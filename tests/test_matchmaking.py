@@ -52,7 +52,8 @@ def answers_for(prompts, plan):
 def test_recipe_registry_names_each_method():
     from megatron_elo.recipes import RECIPES, recipe_builder
 
-    assert set(RECIPES) == {"elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline", "sparta"}
+    assert set(RECIPES) == {"elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline", "sparta",
+                            "eva", "tsr", "evolve"}
     assert all(callable(recipe_builder(name)) for name in RECIPES)
     with pytest.raises(ValueError, match=r"algorithm.name: 'dpo' is not a recipe; choose one of"):
         recipe_builder("dpo")

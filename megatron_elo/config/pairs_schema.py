@@ -35,11 +35,13 @@ class PairsConfig:
     games: Literal["tournament", "opponents"] = opt(
         "tournament", "pairs_online: judge the n samples of a prompt against each other (knock-out: n - 1 games to the "
                       "best, n/2 - 1 more to the worst) or each against an opponent drawn from the Elo pool "
-                      "(algorithm.elo; the ratings update from every decided game).")
+                      "(algorithm.elo; the ratings update from every decided game). Read by pairs_online only (eva: "
+                      "algorithm.eva.scorer).")
     rule: Literal["best_vs_worst", "winner_vs_beaten", "all_decided"] = opt(
         "best_vs_worst", "Which pairs a prompt gives: its best sample vs its worst (a decided difference), the "
                          "tournament winner vs each answer it beat (tournament only), or every decided game's "
-                         "(winner, loser) (opponents: every higher-reward vs lower-reward sample).")
+                         "(winner, loser) (opponents: every higher-reward vs lower-reward sample). pairs_online and "
+                         "eva; tsr and evolve pair by their own rules.")
     epochs: int = opt(1, "pairs_online: passes over each iteration's pairs (reshuffled per pass) before the reference moves.")
     path: str | None = opt(None, "pairs_offline: the pair file (.jsonl / .parquet).")
     prompt_field: str | None = opt("prompt", "Pair file: the prompt (text or chat messages); None: the prompt is the "

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from megatron_elo.config.eval_schema import BenchmarkConfig
 from megatron_elo.config.pairs_schema import PairsConfig  # noqa: F401  (re-exported: every group from schema)
 from megatron_elo.config.schema_base import opt
+from megatron_elo.config.self_improve_schema import EvaConfig, EvolveConfig, TsrConfig
 from megatron_elo.config.sparta_schema import SpartaConfig, TribePlayerConfig
 
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -253,20 +254,27 @@ class EloConfig:
 class AlgorithmConfig:
     """Which method turns games into rewards."""
 
-    name: Literal["elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline", "sparta"] = opt(
+    name: Literal["elo_evolve", "static_pairwise", "point", "pairs_online", "pairs_offline", "sparta", "eva", "tsr",
+                  "evolve"] = opt(
         "elo_evolve", "elo_evolve: Elo-sampled adaptive pool; static_pairwise: one fixed opponent; point: absolute judge "
                       "score; pairs_online: preference pairs from each iteration's judged games (algorithm.pairs); "
                       "pairs_offline: preference pairs from a file, no engine; sparta: a tribe of trained `players` "
-                      "duel, judge each other and all train on the pairs (algorithm.sparta).")
+                      "duel, judge each other and all train on the pairs (algorithm.sparta); eva: a creator evolves "
+                      "the informative prompts (algorithm.eva); tsr: Temporal Self-Rewarding, the initial and a "
+                      "look-ahead model pick rejected and chosen (algorithm.tsr); evolve: answers and their chained "
+                      "refinements make the pairs (algorithm.evolve).")
     static_opponent: str | None = opt(None, "static_pairwise: the opponent's name.")
     reward_model: ModelConfig | None = opt(None, "point: a point-wise reward model (an HF sequence-classification "
                                                  "checkpoint, run with transformers on the driver) scores each answer; "
-                                                 "None: the judge scores. Only the point recipe reads it.")
+                                                 "None: the judge scores. Read by point, eva, tsr and evolve.")
     tie_reward: float = opt(0.5, "Reward of a tie.")
     elo: EloConfig = opt(factory=EloConfig, help="Elo ratings and opponent sampling.")
     pairs: PairsConfig = opt(factory=PairsConfig, help="Preference-pair training (pairs_online, pairs_offline; "
                                                        "sparta's update: loss, beta, reference, epochs).")
     sparta: SpartaConfig = opt(factory=SpartaConfig, help="SPARTA's duels and panel (algorithm.name=sparta).")
+    eva: EvaConfig = opt(factory=EvaConfig, help="eva's evolving prompts (algorithm.name=eva).")
+    tsr: TsrConfig = opt(factory=TsrConfig, help="Temporal Self-Rewarding's anchor and look-ahead (algorithm.name=tsr).")
+    evolve: EvolveConfig = opt(factory=EvolveConfig, help="EVOLVE's refinement chain (algorithm.name=evolve).")
 
 
 @dataclass(kw_only=True)

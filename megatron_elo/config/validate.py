@@ -18,6 +18,7 @@ from megatron_elo.config.loader import ConfigError
 from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, RunConfig
 from megatron_elo.config.validate_eval import check_benchmarks
 from megatron_elo.config.validate_pairs import PAIR_RECIPES, check_pairs
+from megatron_elo.config.validate_self_improve import check_self_improve, scores_single_answers
 from megatron_elo.config.validate_sparta import check_sparta, player_model
 
 
@@ -422,13 +423,15 @@ def _check_algorithm(cfg: RunConfig, check: _Check, check_paths: bool = True) ->
         )
     reward_model = algorithm.reward_model
     if reward_model is not None:
-        check.need(algorithm.name == "point", f"algorithm.reward_model: only algorithm.name=point scores answers with a "
-                                              f"reward model (got {algorithm.name}); remove it or use point")
+        check.need(scores_single_answers(cfg), f"algorithm.reward_model: only methods that score answers alone (point, "
+                                               f"eva with scorer=absolute, tsr, evolve) read a reward model (got "
+                                               f"{algorithm.name}); remove it")
         check.need(not check_paths or (reward_model.path is not None and Path(reward_model.path, "config.json").is_file()),
                    f"algorithm.reward_model.path: {reward_model.path!r} has no config.json; point it at a local HF "
                    f"sequence-classification checkpoint")
     check_pairs(cfg, check.need, check_paths=check_paths)
     check_sparta(cfg, check.need, check_paths=check_paths)
+    check_self_improve(cfg, check.need, check_paths=check_paths)
     check_benchmarks(cfg, check.need, check_paths=check_paths)
     for i, name in enumerate(cfg.eval.opponents):
         check.need(name in names, f"eval.opponents.{i}: {name!r} is not an opponent name; choose from {names}")
@@ -454,7 +457,7 @@ def _check_judge_template(cfg: RunConfig, check: _Check, check_paths: bool) -> N
         load_template(cfg.judge.template)
     except (OSError, ValueError) as err:
         check.problems.append(str(err))
-    if cfg.algorithm.name == "point" and cfg.algorithm.reward_model is None:
+    if scores_single_answers(cfg) and cfg.algorithm.reward_model is None:
         from megatron_elo.judges.grading import load_grade_template
 
         try:

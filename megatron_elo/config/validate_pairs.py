@@ -6,7 +6,8 @@ from pathlib import Path
 
 from megatron_elo.config.schema import RunConfig
 
-PAIR_RECIPES = ("pairs_online", "pairs_offline", "sparta")  # sparta: its update (loss, beta, reference, epochs)
+# sparta, eva, tsr, evolve: their update (loss, beta, reference, epochs)
+PAIR_RECIPES = ("pairs_online", "pairs_offline", "sparta", "eva", "tsr", "evolve")
 
 
 def check_pairs(cfg: RunConfig, need, *, check_paths: bool) -> None:
@@ -26,7 +27,7 @@ def check_pairs(cfg: RunConfig, need, *, check_paths: bool) -> None:
     need(pairs.epochs >= 1, f"algorithm.pairs.epochs: must be >= 1, got {pairs.epochs}")
     need(not cfg.rollout.overlap_judging, "rollout.overlap_judging: the GRPO recipes' overlap; a pair recipe judges and "
                                           "trains each iteration in turn: set it to false")
-    if name == "sparta":  # its duels and panel: validate_sparta.py
+    if name in ("sparta", "eva", "tsr", "evolve"):  # their own settings: validate_sparta.py, validate_self_improve.py
         return
     if name == "pairs_online":
         need(cfg.rollout.n_per_prompt >= 2, f"rollout.n_per_prompt={cfg.rollout.n_per_prompt}: a pair needs two samples "

@@ -17,6 +17,7 @@ Answers are the assistant turn's text, tokenised without special tokens and ende
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def read_pairs(path: str | Path, *, fields: PairFields = PairFields()) -> list[P
     return pairs
 
 
+def answer_token_ids(tokenizer: PromptTokenizer, text: str, *, max_tokens: int) -> tuple[int, ...]:
+    """An answer's text as the player would have sampled it: its ids and EOS, cut to ``max_tokens``."""
+    return tuple([*tokenizer.encode_answer(text), tokenizer.eos_id][:max_tokens])
+
+
 @dataclass(frozen=True, kw_only=True)
 class PairRows:
     """Pairs as token ids, in pair order (the same on every rank)."""
@@ -124,6 +130,21 @@ class PairRows:
                    chosen_ids=tuple(rollouts[p.prompt_index][p.chosen].token_ids for p in pairs),
                    rejected_ids=tuple(rollouts[p.prompt_index][p.rejected].token_ids for p in pairs),
                    chosen_win=tuple(p.chosen_win for p in pairs), rejected_win=tuple(p.rejected_win for p in pairs))
+
+    @classmethod
+    def from_choices(cls, choices: Sequence, prompt_ids: Sequence[tuple[int, ...]],
+                     answer_ids: Callable[[tuple[str, int], int], tuple[int, ...]]) -> PairRows:
+        """Rows of ``signals.scored.Choice`` pairs: prompt ``prompt_ids[c.prompt_index]``, answers
+        ``answer_ids((source, index), prompt_index)``; hard win rates (1 chosen, 0 rejected)."""
+        return cls(prompt_ids=tuple(prompt_ids[c.prompt_index] for c in choices),
+                   chosen_ids=tuple(answer_ids(c.chosen, c.prompt_index) for c in choices),
+                   rejected_ids=tuple(answer_ids(c.rejected, c.prompt_index) for c in choices),
+                   chosen_win=(1.0,) * len(choices), rejected_win=(0.0,) * len(choices))
+
+    def __add__(self, other: PairRows) -> PairRows:
+        return PairRows(prompt_ids=self.prompt_ids + other.prompt_ids, chosen_ids=self.chosen_ids + other.chosen_ids,
+                        rejected_ids=self.rejected_ids + other.rejected_ids, chosen_win=self.chosen_win + other.chosen_win,
+                        rejected_win=self.rejected_win + other.rejected_win)
 
     def tensors(self, indices: list[int], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pairs ``indices`` as rows (chosen, rejected, chosen, ...): tokens [2k, S] int64 right-padded,
@@ -154,11 +175,9 @@ class PairSource:
         self.dropped = self.truncated_answers = 0
 
     def _answer_ids(self, text: str) -> tuple[int, ...]:
-        ids = [*self.tokenizer.encode_answer(text), self.tokenizer.eos_id]
-        if len(ids) > self.max_answer_tokens:
-            self.truncated_answers += 1
-            ids = ids[: self.max_answer_tokens]
-        return tuple(ids)
+        ids = answer_token_ids(self.tokenizer, text, max_tokens=self.max_answer_tokens)
+        self.truncated_answers += ids[-1:] != (self.tokenizer.eos_id,)
+        return ids
 
     def next_pairs(self, count: int) -> PairRows:
         """The next ``count`` usable pairs; advances the position (past dropped ones too)."""

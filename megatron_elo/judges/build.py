@@ -10,13 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from megatron_elo.config.schema import RunConfig
+from megatron_elo.config.validate_self_improve import scores_single_answers
 from megatron_elo.judges.base import Judge
 
 
 def build_judge(cfg: RunConfig, *, world_size: int, training: bool = True) -> Judge:
     """The training judge: ``algorithm.reward_model`` when set (scores single answers), else by
     ``judge.kind`` the task's checker with ``judge.noise`` or the LLM judge on its own engine (for
-    ``point``: grading single answers 1-10, ``GradingJudge``; ``training=False``: the ``judge``
+    methods that score answers alone, ``scores_single_answers``: grading them 1-10, ``GradingJudge``; ``training=False``: the ``judge``
     section whatever the reward model, for evaluation's pairs)."""
     reward_model = cfg.algorithm.reward_model
     if training and reward_model is not None:
@@ -32,7 +33,7 @@ def build_judge(cfg: RunConfig, *, world_size: int, training: bool = True) -> Ju
 
     judge = build_llm_judge(cfg.judge, seed=cfg.seed, cluster=cfg.cluster, world_size=world_size,
                             log_dir=Path(cfg.output_dir) / "engine_logs")
-    if training and cfg.algorithm.name == "point":  # absolute scoring: 1-10 grades, pairs (evaluation) on the same engine
+    if training and scores_single_answers(cfg):  # absolute scoring: 1-10 grades, pairs (evaluation) on the same engine
         from megatron_elo.judges.grading import GradingJudge, load_grade_template
 
         return GradingJudge(pairwise=judge, template=load_grade_template(cfg.judge.grade_template))

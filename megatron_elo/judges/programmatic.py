@@ -71,7 +71,9 @@ class ArithmeticJudge:
         return [self._score(game, rng) for game in games]
 
     def _score(self, game: Game, rng: np.random.Generator) -> Verdict:
-        value = absolute_score(game.policy.text, game.prompt.reference or "")
+        if game.prompt.reference is None:
+            return Verdict(game_id=game.game_id, valid=False, detail="no reference to check the answer against")
+        value = absolute_score(game.policy.text, game.prompt.reference)
         if rng.random() < self.noise:
             value = float(rng.uniform(0.0, 10.0))
         return Verdict(game_id=game.game_id, score=value, detail=f"truth={game.prompt.reference}")

@@ -49,9 +49,27 @@ class FrozenPlayer:
         """{prompt_id: this opponent's answer}, generating only what the store lacks; each answer is
         seeded by (``seed``, default the run's seed; opponent; prompt), whatever else is asked with it."""
         seed = self.run_seed if seed is None else seed
+        seeds = [stable_seed(seed, self.name, p.prompt_id) for p in prompts]
+        answers = self._generate(prompts, seeds, [0] * len(prompts), greedy=greedy)
+        return {p.prompt_id: answer for p, answer in zip(prompts, answers, strict=True)}
+
+    def samples(self, prompts: Sequence[Prompt], k: int, *, seed: int | None = None) -> dict[str, list[Response]]:
+        """{prompt_id: k sampled answers} (Temporal Self-Rewarding's M_0): answer 0 is ``answers``' answer, answer
+        j > 0 seeded by (seed, opponent, prompt, j); stored and reused like every answer."""
+        seed = self.run_seed if seed is None else seed
+        asked = [(p, j) for p in prompts for j in range(k)]
+        seeds = [stable_seed(seed, self.name, p.prompt_id, *([j] if j else [])) for p, j in asked]
+        answers = self._generate([p for p, _ in asked], seeds, [j for _, j in asked], greedy=False)
+        out: dict[str, list[Response]] = {p.prompt_id: [] for p in prompts}
+        for (prompt, _), answer in zip(asked, answers, strict=True):
+            out[prompt.prompt_id].append(answer)
+        return out
+
+    def _generate(self, prompts: Sequence[Prompt], request_seeds: list[int], sample_indices: list[int], *,
+                  greedy: bool) -> list[Response]:
+        """One answer per (prompt, seed), from the store or (what it lacks) the engine, started on first need."""
         settings = self.settings(greedy=greedy)
         token_ids = [self.tokenizer.encode_prompt(p) for p in prompts]
-        request_seeds = [stable_seed(seed, self.name, p.prompt_id) for p in prompts]
         keys = [answer_key(self.config.model.path, ids, settings, s) for ids, s in zip(token_ids, request_seeds, strict=True)]
         texts = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in texts]
@@ -64,8 +82,8 @@ class FrozenPlayer:
                     for i, group in zip(missing, samples, strict=True)]
             self.store.put_many(rows, opponent=self.name)
             texts.update((key, text) for key, _, text in rows)
-        return {p.prompt_id: Response(player=self.name, prompt_id=p.prompt_id, sample_index=0, text=texts[key])
-                for p, key in zip(prompts, keys, strict=True)}
+        return [Response(player=self.name, prompt_id=p.prompt_id, sample_index=j, text=texts[key])
+                for p, key, j in zip(prompts, keys, sample_indices, strict=True)]
 
     def close(self) -> None:
         """Stop its engine (its server, when it started one)."""

@@ -90,12 +90,13 @@ class TrainedPlayer:
 
     # ------------------------------------------------------------ sampling
 
-    def rollouts(self, batch: PromptBatch, step: int) -> list[list[Response]]:
-        """n samples of every prompt at the rollout settings, seeded by (run seed, step, prompt id)."""
+    def rollouts(self, batch: PromptBatch, step: int, *, stream: str = "rollout", n: int | None = None) -> list[list[Response]]:
+        """``n`` (default rollout.n_per_prompt) samples of every prompt at the rollout settings, seeded by (run
+        seed, ``stream``, step, prompt id): another ``stream`` ("future", "refine1", ...) draws other samples."""
         r = self.cfg.rollout
-        settings = SamplingSettings(n=r.n_per_prompt, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    top_k=r.top_k, seed=stable_seed(self.cfg.seed, self.name, "rollout", step),
-                                    stop_token_ids=(self.tokenizer.eos_id,))
+        seed = stable_seed(self.cfg.seed, self.name, stream, step)
+        settings = SamplingSettings(n=r.n_per_prompt if n is None else n, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                                    top_p=r.top_p, top_k=r.top_k, seed=seed, stop_token_ids=(self.tokenizer.eos_id,))
         return self.sampler.respond(batch.prompts, batch.token_ids, settings, player=self.name)
 
     def sleep(self) -> None:

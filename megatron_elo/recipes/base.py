@@ -72,7 +72,10 @@ RECIPES: dict[str, str] = {"elo_evolve": "megatron_elo.recipes.elo_evolve",
                            "point": "megatron_elo.recipes.point",
                            "pairs_online": "megatron_elo.recipes.pairs_online",
                            "pairs_offline": "megatron_elo.recipes.pairs_offline",
-                           "sparta": "megatron_elo.recipes.sparta"}
+                           "sparta": "megatron_elo.recipes.sparta",
+                           "eva": "megatron_elo.recipes.eva",
+                           "tsr": "megatron_elo.recipes.tsr",
+                           "evolve": "megatron_elo.recipes.evolve"}
 
 
 def recipe_builder(name: str) -> Callable[[RunContext], Recipe]:

@@ -244,7 +244,9 @@ class TorchOptimizer:
                 saved = state[name]
                 main.copy_(saved["main"])
                 param.copy_(main)
-                if adam_steps > 0:  # torch AdamW's own state layout (step on the CPU: not capturable, not fused)
+                if adam_steps == 0:  # a fresh optimizer (a look-ahead copy may have stepped this one since)
+                    self.optimizer.state.pop(main, None)
+                else:  # torch AdamW's own state layout (step on the CPU: not capturable, not fused)
                     self.optimizer.state[main] = {
                         "step": torch.tensor(float(adam_steps), dtype=torch.float32),
                         "exp_avg": saved["exp_avg"].to(main.device, torch.float32).clone(),
