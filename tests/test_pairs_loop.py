@@ -39,7 +39,7 @@ def pairs_config(root: Path, players: Path, **pairs) -> object:  # noqa: F811
 
 
 def run_pairs(rank, world_size, cfg, stop_after=None, forbid_engines=False):
-    from megatron_elo.runner.runner import Runner
+    from tests.recording import recorded_run
 
     if forbid_engines:  # an offline run without evaluation must not start any engine
         import megatron_elo.players.trained as trained
@@ -48,10 +48,7 @@ def run_pairs(rank, world_size, cfg, stop_after=None, forbid_engines=False):
             raise AssertionError("an engine was started")
 
         trained.RolloutEngine = no_engine
-    runner, records = Runner(cfg, stop_after=stop_after), []
-    log_step = runner._log_step
-    runner._log_step = lambda record, *args: (records.append(record), log_step(record, *args))
-    summary = runner.run()
+    runner, summary, records = recorded_run(cfg, stop_after)
     recipe = runner.recipe
     weights = {n: p.detach().clone() for n, p in recipe.trainer.model.named_parameters()}
     trained = [stats.metrics for record in records for stats in record.train]

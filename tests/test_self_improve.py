@@ -24,7 +24,7 @@ from megatron_elo.data.evolving import (
     pick_for_evolution,
 )
 from megatron_elo.data.loader import PromptLoader
-from megatron_elo.data.refine import Refiner, regroup
+from megatron_elo.data.refine import Refiner, refine_chain, regroup
 from megatron_elo.data.source import PromptSource
 from megatron_elo.flow import Prompt, Response
 from megatron_elo.signals.scored import (
@@ -97,17 +97,35 @@ def test_refine_prompts_fill_the_template_keep_the_reference_and_regroup():
               for p, texts in zip(prompts, (["4", "3"], ["31", "3"]), strict=True)]
     refiner = Refiner("{prompt}{draft}?", tokenizer, max_tokens=9)
     batch = refiner.batch(prompts, drafts, link=1)
-    assert [p.text for p in batch.prompts] == ["1+2=4?", "1+2=3?", "10+20=31?", "10+20=3?"]
+    # "10+20=31?" is 10 tokens with BOS: its draft is shortened to "3", the request kept whole
+    assert [p.text for p in batch.prompts] == ["1+2=4?", "1+2=3?", "10+20=3?", "10+20=3?"]
     assert [p.prompt_id for p in batch.prompts] == ["a#r1.0", "a#r1.1", "b#r1.0", "b#r1.1"]
     assert {p.reference for p in batch.prompts[2:]} == {"30"}
     assert batch.token_ids[0] == tuple(tokenizer.encode_prompt("1+2=4?"))
-    assert len(batch.token_ids[2]) == 9 and refiner.truncated == 1  # 10 tokens cut to their last 9
+    assert len(batch.token_ids[2]) == 9 and refiner.truncated == 1
+    tight = Refiner("{prompt}{draft}?", tokenizer, max_tokens=5).batch(prompts[1:], [drafts[1][:1]], link=1)
+    assert tight.token_ids[0] == tuple(tokenizer.encode_prompt("10+20=31?"))[-5:]  # not even the request fits: its end
     flat = [[Response(player="policy", prompt_id=p.prompt_id, sample_index=0, text=str(i))] for i, p in enumerate(batch.prompts)]
     grouped = regroup(flat, prompts, n=2)
     assert [[(r.prompt_id, r.sample_index, r.text) for r in g] for g in grouped] == [
         [("a", 0, "0"), ("a", 1, "1")], [("b", 0, "2"), ("b", 1, "3")]]
     with pytest.raises(ValueError, match=r"\{draft\}"):
         Refiner("{prompt}", tokenizer, max_tokens=None)
+
+
+def test_a_refinement_chain_refines_each_links_answers():
+    prompts = [Prompt(prompt_id="a", text="1+2=", reference="3")]
+    drafts = [[Response(player="policy", prompt_id="a", sample_index=j, text=t) for j, t in enumerate(["4", "5"])]]
+    asked = []
+
+    def respond(batch, link):  # each refinement: the draft's number minus one
+        asked.append([p.text for p in batch.prompts])
+        return [[Response(player="policy", prompt_id=p.prompt_id, sample_index=0, text=str(int(p.text[4:-1]) - 1))]
+                for p in batch.prompts]
+
+    links, batches = refine_chain(Refiner("{prompt}{draft}?", CharTokenizer(), max_tokens=None), respond, prompts, drafts, 2)
+    assert [[r.text for r in link[0]] for link in links] == [["4", "5"], ["3", "4"], ["2", "3"]]
+    assert asked == [["1+2=4?", "1+2=5?"], ["1+2=3?", "1+2=4?"]] and len(batches) == 2
 
 
 def test_answers_are_scored_alone_and_an_invalid_grade_is_nan():
@@ -236,9 +254,12 @@ def test_the_anchor_samples_k_answers_per_prompt_stored_and_reused(tmp_path):
                           store=AnswerStore(tmp_path / "a.sqlite"), run_seed=1, open_engine=lambda: engine, served=False)
     prompts = [Prompt(prompt_id=f"p{i}", text=f"{i}+1=") for i in range(3)]
     samples = player.samples(prompts, 4, seed=7)
-    assert [[r.sample_index for r in samples[p.prompt_id]] for p in prompts] == [[0, 1, 2, 3]] * 3
-    assert samples["p0"][0] == player.answers(prompts[:1], seed=7)["p0"]  # sample 0 is the single answer
+    assert [[(r.prompt_id, r.sample_index) for r in group] for group in samples] == [
+        [(p.prompt_id, j) for j in range(4)] for p in prompts]
+    assert samples[0][0] == player.answers(prompts[:1], seed=7)["p0"]  # sample 0 is the single answer
     assert player.samples(prompts, 4, seed=7) == samples and engine.calls == 1  # the store has them all
+    repeated = player.samples([prompts[1], prompts[0], prompts[1]], 4, seed=7)  # a batch across an epoch boundary
+    assert repeated == [samples[1], samples[0], samples[1]] and engine.calls == 1
 
 
 # ---------------------------------------------------------------- the look-ahead copy
@@ -365,48 +386,44 @@ def small(name: str, root: Path, players: Path, **algorithm) -> object:  # noqa:
     return validate(config_from_dict(raw))
 
 
-def engine_gap(recipe) -> float:
-    """Mean |engine - trainer| log-prob of the engine's own samples of 8 problems (0: the engine holds the trained weights)."""
-    from megatron_elo.flow import PromptBatch
-
-    prompts = tuple(Prompt(prompt_id=f"gap{i}", text=f"{i}+{i + 1}=") for i in range(8))
-    batch = PromptBatch(prompts=prompts, token_ids=tuple(tuple(recipe.policy.tokenizer.encode_prompt(p)) for p in prompts))
-    return recipe.policy.prepare(batch, recipe.policy.rollouts(batch, 99), step=99).sampler_gap.mean
-
-
 def run_recipe(rank, world_size, cfg, stop_after=None):
     from importlib import import_module
 
-    from megatron_elo.runner.runner import Runner
+    from tests.recording import engine_gap, measure_after_last_step, recorded_run
 
     module = import_module(f"megatron_elo.recipes.{cfg.algorithm.name}")
-    recipe_class = {"tsr": "TsrRecipe", "eva": "EvaRecipe", "evolve": "EvolveRecipe"}[cfg.algorithm.name]
-    cls, gaps = getattr(module, recipe_class), {}
-    step = cls.step
-
-    def step_then_gap(recipe, index):  # after the last iteration's sync, while the engine is up
-        record = step(recipe, index)
-        if index + 1 == cfg.trainer.steps:
-            gaps["policy"] = engine_gap(recipe)
-        return record
-
-    cls.step = step_then_gap
-    runner, records = Runner(cfg, stop_after=stop_after), []
-    log_step = runner._log_step
-    runner._log_step = lambda record, *args: (records.append(record), log_step(record, *args))
-    summary = runner.run()
+    recipe_class = getattr(module, {"tsr": "TsrRecipe", "eva": "EvaRecipe", "evolve": "EvolveRecipe"}[cfg.algorithm.name])
+    gap = measure_after_last_step(recipe_class, cfg.trainer.steps, lambda recipe: engine_gap(recipe.policy))  # after the last sync, engines up
+    runner, summary, records = recorded_run(cfg, stop_after)
     recipe = runner.recipe
     weights = {n: p.detach().clone() for n, p in recipe.trainer.model.named_parameters()}
     position = recipe.prompts.state_dict() if recipe.prompts is not None else None
+    gaps = {"policy": gap["value"]} if "value" in gap else {}
     return summary, weights, [dict(r.extra_metrics) for r in records], recipe.trainer.step, position, gaps
+
+
+@pytest.fixture(scope="module")
+def straight_runs(players, tmp_path_factory):  # noqa: F811
+    """Each recipe's uninterrupted one-process run, made on first use: name -> (config, its results)."""
+    from megatron_elo.parallel.spawn import run_distributed
+
+    made = {}
+
+    def straight(name: str):
+        if name not in made:
+            cfg = small(name, tmp_path_factory.mktemp(f"straight_{name}"), players)
+            made[name] = cfg, run_distributed(run_recipe, 1, cfg, timeout=900)[0]
+        return made[name]
+
+    return straight
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tsr", "eva", "evolve"])
-def test_recipe_trains_and_a_resumed_run_is_the_same_run(name, players, tmp_path_factory):  # noqa: F811
+def test_recipe_trains_and_a_resumed_run_is_the_same_run(name, players, tmp_path_factory, straight_runs):  # noqa: F811
     from megatron_elo.parallel.spawn import run_distributed
 
-    straight = run_distributed(run_recipe, 1, small(name, tmp_path_factory.mktemp("straight"), players), timeout=900)[0]
+    straight = straight_runs(name)[1]
     resumed_cfg = small(name, tmp_path_factory.mktemp("resumed"), players)
     first = run_distributed(run_recipe, 1, resumed_cfg, 3, timeout=900)[0]  # stopped after iteration 3: step 2's checkpoint
     second = run_distributed(run_recipe, 1, resumed_cfg, timeout=900)[0]
@@ -442,3 +459,33 @@ def test_full_scale_configs_validate_with_the_authors_settings():
     assert evolve.rollout.max_prompt_tokens + evolve.rollout.max_new_tokens <= evolve.rollout.engine.max_model_len
     for cfg in (eva, tsr, evolve):
         assert (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp, cfg.cluster.nodes) == (2, 2, 2, 2)
+
+
+@pytest.mark.slow
+def test_tsr_on_two_tensor_parallel_ranks_is_the_one_process_run(straight_runs, tmp_path):
+    """Trainer TP = 2 with a TP = 2 colocated engine: the driver's phases shared with the other rank, the look-ahead
+    copied and put back per TP shard, both syncs to the sharded engine: the same evaluations and final weights
+    as one process (the opponents' and M_0's answers from that run's store, so no server starts)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from megatron_elo.config.loader import config_to_dict
+    from megatron_elo.parallel.spawn import run_distributed
+
+    cfg, straight = straight_runs("tsr")
+    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", tmp_path / "opponent_cache")
+    raw = config_to_dict(cfg)
+    raw.update(output_dir=str(tmp_path), run_name="two_ranks")
+    raw["parallel"].update(tp=2)
+    raw["rollout"]["engine"].update(tp=2, dp=1)
+    raw["cluster"]["devices_per_node"] = 2
+    driver, other = run_distributed(run_recipe, 2, validate(config_from_dict(raw), world_size=2), timeout=900)
+    served = {k for k in driver[2][-1] if k.startswith("engine/restarts/")}  # opponents are served in a world
+    assert driver[0]["evals"] == straight[0]["evals"]  # every evaluation
+    assert {k: v for k, v in driver[2][-1].items() if k not in served} == straight[2][-1]  # the last iteration's metrics
+    assert driver[3] == straight[3] and driver[5]["policy"] < 1e-3
+    assert not (tmp_path / "engine_logs").exists()  # every opponent / M_0 answer came from the store
+    ours, theirs = (load_file(str(Path(s["export"]) / "model.safetensors")) for s in (driver[0], straight[0]))
+    for name, weight in theirs.items():  # TP's reordered fp32 sums, through 8 Adam steps (measured: 5.4e-6 at most)
+        torch.testing.assert_close(ours[name], weight, rtol=0, atol=2e-5)

@@ -193,36 +193,21 @@ def sparta_config(root: Path, players: Path, **sparta) -> object:  # noqa: F811
 
 
 def sampler_gaps(recipe) -> dict[str, float]:
-    """Per player: mean |engine - trainer| log-prob of the engine's own samples of 8 problems (0: in sync)."""
-    prompts = tuple(Prompt(prompt_id=f"gap{i}", text=f"{i}+{i + 1}=") for i in range(8))
-    gaps = {}
-    for name, player in recipe.tribe.players.items():
-        batch = PromptBatch(prompts=prompts, token_ids=tuple(tuple(player.tokenizer.encode_prompt(p)) for p in prompts))
-        gaps[name] = player.prepare(batch, player.rollouts(batch, 99), step=99).sampler_gap.mean
-    return gaps
+    """Per player: mean |engine - trainer| log-prob of the engine's own samples (0: in sync)."""
+    from tests.recording import engine_gap
+
+    return {name: engine_gap(player) for name, player in recipe.tribe.players.items()}
 
 
 def run_tribe(rank, world_size, cfg, stop_after=None):
     from megatron_elo.recipes.sparta import SpartaRecipe
-    from megatron_elo.runner.runner import Runner
+    from tests.recording import measure_after_last_step, recorded_run
 
-    gaps = {}
-    step = SpartaRecipe.step
-
-    def step_then_gaps(recipe, index):  # after the last iteration's syncs, while the engines are up
-        record = step(recipe, index)
-        if index + 1 == cfg.trainer.steps:
-            gaps.update(sampler_gaps(recipe))
-        return record
-
-    SpartaRecipe.step = step_then_gaps
-    runner, records = Runner(cfg, stop_after=stop_after), []
-    log_step = runner._log_step
-    runner._log_step = lambda record, *args: (records.append(record), log_step(record, *args))
-    summary = runner.run()
+    gaps = measure_after_last_step(SpartaRecipe, cfg.trainer.steps, sampler_gaps)  # after the last iteration's syncs
+    runner, summary, records = recorded_run(cfg, stop_after)
     recipe = runner.recipe
     weights = {name: {n: p.detach().clone() for n, p in t.model.named_parameters()} for name, t in recipe.trainers().items()}
-    return (summary, weights, recipe.reputation_log.rows, [dict(r.extra_metrics) for r in records], gaps,
+    return (summary, weights, recipe.reputation_log.rows, [dict(r.extra_metrics) for r in records], gaps.get("value", {}),
             {name: t.step for name, t in recipe.trainers().items()})
 
 

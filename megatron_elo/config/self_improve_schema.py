@@ -27,7 +27,8 @@ class EvaConfig:
                                        "normalised informativeness) for the creator (authors: 0.25).")
     rewrites: int = opt(4, "Rewrites the creator makes of each drawn prompt (authors: 4), one template each in turn.")
     evolved_share: float = opt(0.8, "Share of each step's prompts taken from the evolved buffer while it has them, the "
-                                    "rest from the data set (authors train on 80% evolved / 20% original).")
+                                    "rest from the data set (the authors' 80% evolved / 20% original is of pairs; with "
+                                    "one best-vs-worst pair per prompt the two differ only by prompts without a pair).")
     buffer_size: int = opt(512, "Evolved prompts waiting to be trained on, at most; the oldest are dropped first (counted).")
     creator: str = opt("programmatic", "Who rewrites: programmatic (the arithmetic task's harder variants: one more "
                                        "term, or a wider operand; references recomputed) or the name of an opponent "
@@ -43,8 +44,9 @@ class TsrConfig:
     """Temporal Self-Rewarding (arXiv 2508.06026): the initial model anchors the rejected side, a look-ahead
     model the chosen one."""
 
-    anchor: str | None = opt(None, "The opponent that serves M_0, the initial checkpoint (its own engine; its k samples "
-                                   "per prompt are stored and reused); required.")
+    anchor: str | None = opt(None, "The opponent that serves M_0, the initial checkpoint (its own engine, sampling like "
+                                   "rollout; each prompt's k samples are drawn once with the run's seed, stored and "
+                                   "reused); required.")
     future: bool = opt(True, "Phase 2, future-guided chosen: train a look-ahead copy M_f on the phase-1 pairs, let its "
                              "best sample replace chosen when it scores higher, then train M_i on those pairs (M_f is "
                              "discarded); false: the anchored-rejection pairs train M_i directly (the ablation).")
@@ -57,7 +59,7 @@ class EvolveConfig:
     chain: int = opt(2, "Refinements chained after each answer (the draft, then refinements 1..chain of the previous "
                         "link), in training and evaluation.")
     refine_share: float = opt(0.5, "Share of each iteration's pairs that are 'refine this draft' pairs (the rest: direct "
-                                   "answers' best vs worst); the larger kind is subsampled to reach it (our choice: the "
-                                   "paper leaves the mix open).")
+                                   "answers' best vs worst); the larger kind is subsampled to reach it; an iteration with "
+                                   "only one kind keeps it whatever the share (our choice: the paper leaves the mix open).")
     refine_template: str | None = opt(None, "The refinement prompt ({prompt}, {draft}); default "
                                             "configs/evolve/refine.txt.")

@@ -44,15 +44,23 @@ def check_self_improve(cfg: RunConfig, need, *, check_paths: bool) -> None:
     opponents = {o.name: o for o in cfg.opponents}
     need(cfg.rollout.n_per_prompt >= 2, f"rollout.n_per_prompt={cfg.rollout.n_per_prompt}: {name} ranks a prompt's samples "
                                         f"into chosen and rejected; use >= 2 (authors: eva 6, tsr 7)")
+    soft_ok = name == "eva" and cfg.algorithm.eva.scorer == "opponents"  # rewards are game outcomes: win rates
+    need(cfg.algorithm.pairs.sppo_targets == "hard" or soft_ok,
+         f"algorithm.pairs.sppo_targets=win_rate: {name}'s pairs come from scores, not win rates; use hard")
     if name == "eva":
         _check_eva(cfg, need, opponents, check_paths=check_paths)
     elif name == "tsr":
         anchor = cfg.algorithm.tsr.anchor
         if need(anchor in opponents, f"algorithm.tsr.anchor: {anchor!r} is not an opponent name; add an opponent that "
                                      f"serves the initial checkpoint (model.path) and name it (opponents: {sorted(opponents)})"):
-            served = opponents[anchor].model.path
-            need(served == cfg.model.path, f"algorithm.tsr.anchor: opponent {anchor!r} serves {served!r}, but M_0 is the "
-                                           f"initial model, model.path={cfg.model.path!r}; point it there")
+            served, rollout = opponents[anchor], cfg.rollout
+            need(served.model.path == cfg.model.path, f"algorithm.tsr.anchor: opponent {anchor!r} serves "
+                                                      f"{served.model.path!r}, but M_0 is the initial model, "
+                                                      f"model.path={cfg.model.path!r}; point it there")
+            need((served.temperature, served.max_new_tokens) == (rollout.temperature, rollout.max_new_tokens),
+                 f"opponents.{anchor}: M_0 samples at temperature {served.temperature}, max_new_tokens "
+                 f"{served.max_new_tokens}, M_i at rollout's {rollout.temperature}, {rollout.max_new_tokens}; make "
+                 f"them equal (the two models' samples are compared)")
     else:
         evolve = cfg.algorithm.evolve
         need(evolve.chain >= 1, f"algorithm.evolve.chain: at least one refinement, got {evolve.chain}")

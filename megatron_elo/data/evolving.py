@@ -167,7 +167,8 @@ class EvolvingPrompts:
         ids = tuple(self.source.tokenizer.encode_prompt(prompt))
         if self.source.max_tokens is None:
             return ids
-        fitted = fit_prompt(prompt, ids, max_tokens=self.source.max_tokens, overlong=self.source.overlong)
+        overlong = "drop" if self.source.overlong == "error" else self.source.overlong  # a creator's long prompt: never fatal
+        fitted = fit_prompt(prompt, ids, max_tokens=self.source.max_tokens, overlong=overlong)
         self.dropped_overlong += fitted is None
         return fitted
 

@@ -76,13 +76,15 @@ class Evaluator:
         if not self.prompts:
             raise ValueError(f"every held-out prompt is over rollout.max_prompt_tokens={max_prompt_tokens}; raise it")
 
+    def sampling_settings(self) -> SamplingSettings:
+        """How the player answers the held-out prompts: eval.samples_per_prompt at eval.temperature, seeded by eval.seed."""
+        return SamplingSettings(n=self.config.samples_per_prompt, max_tokens=self.max_new_tokens,
+                                temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
+                                stop_token_ids=(self.sampler.tokenizer.eos_id,))
+
     def evaluate(self, step: int) -> EvalResult:
         """The player's answers on every rank, the driver's games, the result on every rank."""
-        tokenizer = self.sampler.tokenizer
-        settings = SamplingSettings(n=self.config.samples_per_prompt, max_tokens=self.max_new_tokens,
-                                    temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
-                                    stop_token_ids=(tokenizer.eos_id,))
-        answers = self.sampler.respond(self.prompts, self.token_ids, settings, player=POLICY)
+        answers = self.sampler.respond(self.prompts, self.token_ids, self.sampling_settings(), player=POLICY)
         return self.world.on_driver(lambda: self._judge(step, answers),
                                     waiting_for=f"the driver's evaluation games at step {step}")
 
@@ -120,7 +122,8 @@ class NoEvaluation:
 def build_evaluator(ctx: RunContext, sampler: PolicySampler | None) -> Evaluator | NoEvaluation:
     """The run's evaluation of the player behind ``sampler`` (``eval`` config, held-out prompts, the
     driver's opponents and eval judge): what ``train`` and ``megatron-elo eval`` both use; none with
-    ``eval.num_prompts=0``; ``eval.benchmark``: that benchmark of the harness (``benchmark.py``)."""
+    ``eval.num_prompts=0``; ``eval.benchmark``: that benchmark of the harness (``benchmark.py``); evolve: direct
+    and refined answers (``refined.py``)."""
     cfg = ctx.cfg
     if cfg.eval.num_prompts == 0:
         return NoEvaluation()
@@ -128,8 +131,16 @@ def build_evaluator(ctx: RunContext, sampler: PolicySampler | None) -> Evaluator
         from megatron_elo.evaluation.benchmark import BenchmarkEvaluator
 
         return BenchmarkEvaluator.from_context(ctx, sampler)
-    return Evaluator(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
+    arguments = dict(config=cfg.eval, prompts=ctx.held_out_prompts, sampler=sampler, world=ctx.world,
                      opponents=ctx.opponents(), judge=ctx.eval_judge(),
                      opponent_names=cfg.eval.opponents or [o.name for o in cfg.opponents],
                      max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                      overlong=cfg.rollout.overlong_prompt)
+    if cfg.algorithm.name == "evolve":  # direct and refined answers
+        from megatron_elo.config.validate_self_improve import refine_template_path
+        from megatron_elo.data.refine import Refiner
+        from megatron_elo.evaluation.refined import RefiningEvaluator
+
+        refiner = Refiner(refine_template_path(cfg).read_text(), sampler.tokenizer, max_tokens=cfg.rollout.max_prompt_tokens)
+        return RefiningEvaluator(refiner=refiner, chain=cfg.algorithm.evolve.chain, **arguments)
+    return Evaluator(**arguments)

@@ -53,17 +53,15 @@ class FrozenPlayer:
         answers = self._generate(prompts, seeds, [0] * len(prompts), greedy=greedy)
         return {p.prompt_id: answer for p, answer in zip(prompts, answers, strict=True)}
 
-    def samples(self, prompts: Sequence[Prompt], k: int, *, seed: int | None = None) -> dict[str, list[Response]]:
-        """{prompt_id: k sampled answers} (Temporal Self-Rewarding's M_0): answer 0 is ``answers``' answer, answer
-        j > 0 seeded by (seed, opponent, prompt, j); stored and reused like every answer."""
+    def samples(self, prompts: Sequence[Prompt], k: int, *, seed: int | None = None) -> list[list[Response]]:
+        """[P][k] sampled answers of each prompt, in prompt order (a repeated prompt gets the same ones; Temporal
+        Self-Rewarding's M_0): answer 0 is ``answers``' answer, answer j > 0 seeded by (seed, opponent, prompt, j);
+        stored and reused like every answer."""
         seed = self.run_seed if seed is None else seed
         asked = [(p, j) for p in prompts for j in range(k)]
         seeds = [stable_seed(seed, self.name, p.prompt_id, *([j] if j else [])) for p, j in asked]
         answers = self._generate([p for p, _ in asked], seeds, [j for _, j in asked], greedy=False)
-        out: dict[str, list[Response]] = {p.prompt_id: [] for p in prompts}
-        for (prompt, _), answer in zip(asked, answers, strict=True):
-            out[prompt.prompt_id].append(answer)
-        return out
+        return [answers[i * k:(i + 1) * k] for i in range(len(prompts))]
 
     def _generate(self, prompts: Sequence[Prompt], request_seeds: list[int], sample_indices: list[int], *,
                   greedy: bool) -> list[Response]:

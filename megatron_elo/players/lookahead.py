@@ -5,7 +5,8 @@
     ahead.restore()                   # M_i again, bitwise (collective); M_f is gone, its memory with it
 
 One trainer's memory serves both models: the copy lives on the CPU (fp32 main weights and the two Adam
-moments per parameter, this rank's shard), so the look-ahead needs no second model on the device.
+moments of this rank's (tp, pp) shard, whole: gathered over DP by the distributed optimizer, 12 bytes per
+parameter of the shard on every DP rank), so the look-ahead needs no second model on the device.
 """
 
 from __future__ import annotations

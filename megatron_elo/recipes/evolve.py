@@ -11,7 +11,7 @@ times, and learns from both kinds of pairs. Each step is one iteration:
     leaves the mix open); the pair update on them; weights to the engine
 
 Evaluation reports the direct answers' held-out win rate and each refinement link's
-(``eval/refined_<c>/win_rate``; RefiningEvaluator). Metrics: the mean score per link and how often a
+(``eval/refined_<c>/win_rate``; evaluation/refined.py). Metrics: the mean score per link and how often a
 refinement beats / loses to its draft (``evolve/refine_win_rate/<c>``).
 """
 
@@ -23,43 +23,30 @@ import numpy as np
 
 from megatron_elo.config.validate_self_improve import refine_template_path
 from megatron_elo.data.pairs import PairRows
-from megatron_elo.data.refine import Refiner, regroup
+from megatron_elo.data.refine import Refiner, refine_chain
 from megatron_elo.elo.pool import EloPool
-from megatron_elo.evaluation.evaluator import EvalResult, Evaluator
-from megatron_elo.flow import POLICY, PromptBatch, Response, StepRecord
+from megatron_elo.flow import PromptBatch, Response, StepRecord
 from megatron_elo.matchmaking.matchmakers import AbsoluteMatchmaker
 from megatron_elo.recipes.games import timed
 from megatron_elo.recipes.scored_pairs import (
     JudgedPairs,
     ScoredPairsRecipe,
+    nan_mean,
     pair_signal,
     played_of,
     preference_pairs,
     rows_for_all_ranks,
     score_gap,
 )
-from megatron_elo.rollout.engine import SamplingSettings
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.scored import best_vs_worst, mix_pairs, refinement_choices
-from megatron_elo.utils.seeds import stable_seed
-
-
-def refine_chain(refiner: Refiner, respond, prompts, drafts: list[list[Response]], chain: int) -> tuple[list, list]:
-    """([drafts, link 1, ..., link chain] as [P][n] answers to ``prompts``, the refine batches of links 1..chain);
-    ``respond(batch, link)`` gives one refinement per prompt of ``batch`` ([P * n][1])."""
-    links, batches = [drafts], []
-    for link in range(1, chain + 1):
-        batch = refiner.batch(prompts, links[-1], link=link)
-        links.append(regroup(respond(batch, link), prompts, n=len(drafts[0])))
-        batches.append(batch)
-    return links, batches
 
 
 def chain_metrics(scores: list[np.ndarray]) -> dict[str, float]:
     """Mean score per link (0: the drafts) and, per refinement link, its wins / losses against its draft."""
     metrics = {}
     for link, link_scores in enumerate(scores):
-        metrics[f"evolve/score_mean/{link}"] = float(np.nanmean(link_scores)) if (~np.isnan(link_scores)).any() else float("nan")
+        metrics[f"evolve/score_mean/{link}"] = nan_mean(link_scores)
         if link:
             before, after = scores[link - 1].ravel(), link_scores.ravel()
             both = ~np.isnan(before) & ~np.isnan(after)
@@ -76,8 +63,6 @@ class EvolveRecipe(ScoredPairsRecipe):
         super().__init__(ctx, **stages)
         self.refiner = Refiner(refine_template_path(self.cfg).read_text(), self.policy.tokenizer,
                                max_tokens=self.cfg.rollout.max_prompt_tokens)
-        if isinstance(self.evaluator, Evaluator):
-            self.evaluator = RefiningEvaluator.around(self.evaluator, refiner=self.refiner, chain=self.cfg.algorithm.evolve.chain)
 
     def step(self, step: int) -> StepRecord:
         """One iteration on every rank; the driver's record has the chain's games and metrics."""
@@ -85,6 +70,7 @@ class EvolveRecipe(ScoredPairsRecipe):
         with timed(timings, "generate"):
             batch = self.step_prompts.draw(step)
             drafts = self.policy.rollouts(batch, step)
+            self.refiner.truncated = 0  # counted per step
             links, refine_batches = refine_chain(self.refiner, lambda b, link: self.policy.rollouts(b, step, stream=f"refine{link}", n=1),
                                                  batch.prompts, drafts, self.cfg.algorithm.evolve.chain)
             self.policy.sleep()
@@ -123,43 +109,11 @@ class EvolveRecipe(ScoredPairsRecipe):
             rows = rows + PairRows.from_choices(mine, refine_batches[link - 1].token_ids, refine_ids)
         refine_choices = [c for _, c in refine]
         metrics = {**chain_metrics(scores), "evolve/direct_pairs": float(len(direct)), "evolve/refine_pairs": float(len(refine)),
-                   "evolve/score_gap": score_gap(direct + refine_choices), "reward_mean": float(np.nanmean(scores[0])),
-                   "evolve/refine_prompts_truncated": float(self.refiner.truncated)}
+                   "evolve/score_gap": score_gap(direct + refine_choices), "reward_mean": nan_mean(scores[0]),
+                   "evolve/refine_drafts_shortened": float(self.refiner.truncated)}
         signal = pair_signal(direct, prompts=len(batch), scores=scores)
         signal = replace(signal, pairs=signal.pairs + preference_pairs(refine_choices))
         return JudgedPairs(rows=rows, signal=signal, played=played_of(games, verdicts), metrics=metrics)
-
-
-class RefiningEvaluator(Evaluator):
-    """The held-out games of the direct answers and of each refinement link's (``EvalResult.per_player``:
-    "direct", "refined_1", ...; the headline win rate is the direct answers')."""
-
-    @classmethod
-    def around(cls, evaluator: Evaluator, *, refiner: Refiner, chain: int) -> RefiningEvaluator:
-        """``evaluator``'s prompts, opponents and judge, with the refinement chain."""
-        made = cls.__new__(cls)
-        made.__dict__.update(evaluator.__dict__)
-        made.refiner, made.chain = refiner, chain
-        return made
-
-    def evaluate(self, step: int) -> EvalResult:
-        """Direct answers, then ``chain`` refinements of each at the evaluation's sampling settings (collective)."""
-        tokenizer = self.sampler.tokenizer
-        settings = SamplingSettings(n=self.config.samples_per_prompt, max_tokens=self.max_new_tokens,
-                                    temperature=self.config.temperature, seed=stable_seed(self.config.seed, "eval"),
-                                    stop_token_ids=(tokenizer.eos_id,))
-        answers = self.sampler.respond(self.prompts, self.token_ids, settings, player=POLICY)
-
-        def respond(batch: PromptBatch, link: int) -> list[list[Response]]:
-            once = replace(settings, n=1, seed=stable_seed(self.config.seed, "eval", "refine", link))
-            return self.sampler.respond(batch.prompts, batch.token_ids, once, player=POLICY)
-
-        links, _ = refine_chain(self.refiner, respond, self.prompts, answers, self.chain)
-        results = self.world.on_driver(lambda: [self._judge(step, link) for link in links],
-                                       waiting_for=f"the driver's evaluation games at step {step}")
-        direct = results[0]
-        return replace(direct, per_player={"direct": direct.win_rate,
-                                           **{f"refined_{c}": r.win_rate for c, r in enumerate(results[1:], start=1)}})
 
 
 def build(ctx: RunContext) -> EvolveRecipe:

@@ -3,7 +3,7 @@ the future guides the chosen ones. Each step is one iteration:
 
     batch; M_i samples k per prompt                        (every rank, the colocated engine)
     M_0 samples k per prompt                               (driver: algorithm.tsr.anchor, an opponent serving the
-                                                           initial checkpoint; stored and reused)
+                                                           initial checkpoint; a prompt's k drawn once, stored)
     phase 1, anchored rejection: chosen = M_i's best; rejected = M_0's worst if it scored below M_i's worst, else
     M_i's worst                                            (driver: the judge scores every answer alone)
     M_f = pair update of M_i on the phase-1 pairs          (every rank: a look-ahead in the same trainer, M_i kept
@@ -29,6 +29,7 @@ from megatron_elo.recipes.games import timed
 from megatron_elo.recipes.scored_pairs import (
     JudgedPairs,
     ScoredPairsRecipe,
+    nan_mean,
     pair_signal,
     played_of,
     rows_for_all_ranks,
@@ -46,8 +47,7 @@ def tsr_metrics(choices: list[Choice], scores: dict[str, np.ndarray], *, phase: 
                f"tsr/{phase}_anchored_rejection": sum(c.rejected[0] == "anchor" for c in choices) / count}
     if phase == "phase2":
         metrics["tsr/phase2_future_chosen"] = sum(c.chosen[0] == "future" for c in choices) / count
-    metrics.update({f"tsr/score_mean/{name}": float(np.nanmean(s)) if (~np.isnan(s)).any() else float("nan")
-                    for name, s in scores.items()})
+    metrics.update({f"tsr/score_mean/{name}": nan_mean(s) for name, s in scores.items()})
     return metrics
 
 
@@ -67,12 +67,14 @@ class TsrRecipe(ScoredPairsRecipe):
         if future:
             with timed(timings, "lookahead"):
                 ahead = Lookahead(self.policy.trainer)
-                self.updater.train(judged.rows, step=step, epochs=self.cfg.algorithm.pairs.epochs)  # M_f
-                self.policy.wake_up()
-                self.policy.sync_weights()
-                futures = self.policy.rollouts(batch, step, stream="future")
-                self.policy.sleep()
-                ahead.restore()  # M_i again
+                try:  # M_i is put back whatever happens: a checkpoint after a failed step must hold M_i
+                    self.updater.train(judged.rows, step=step, epochs=self.cfg.algorithm.pairs.epochs)  # M_f
+                    self.policy.wake_up()
+                    self.policy.sync_weights()
+                    futures = self.policy.rollouts(batch, step, stream="future")
+                    self.policy.sleep()
+                finally:
+                    ahead.restore()  # M_i again
             judged = self.world.on_driver(lambda: self._future_guided(batch, futures, judged, step, timings),
                                           share=rows_for_all_ranks, waiting_for=f"the driver's phase-2 pairs of step {step}")
         stats = self.train_and_sync(judged.rows, step=step, timings=timings, always_sync=future)  # the engine holds M_f
@@ -82,9 +84,9 @@ class TsrRecipe(ScoredPairsRecipe):
         """Driver: M_0's samples, every answer scored, the phase-1 pairs."""
         k = self.cfg.rollout.n_per_prompt
         with timed(timings, "opponent"):
-            theirs = self.opponents.players[self.cfg.algorithm.tsr.anchor].samples(
-                batch.prompts, k, seed=stable_seed(self.cfg.seed, "tsr", step))
-            anchor = [theirs[p.prompt_id] for p in batch.prompts]
+            # one seed for the whole run: M_0 is fixed, so a prompt's k samples are drawn once and reused from the store
+            anchor = self.opponents.players[self.cfg.algorithm.tsr.anchor].samples(
+                batch.prompts, k, seed=stable_seed(self.cfg.seed, "tsr"))
         with timed(timings, "judge"):
             current_scores, games, verdicts = self.score(batch.prompts, current, step=step, phase=0)
             anchor_scores, anchor_games, anchor_verdicts = self.score(batch.prompts, anchor, step=step, phase=1)
@@ -93,7 +95,7 @@ class TsrRecipe(ScoredPairsRecipe):
         answers = {"current": current, "anchor": anchor}
         return JudgedPairs(rows=self._rows(batch, choices, answers), signal=pair_signal(choices, prompts=len(batch), scores=list(scores.values())),
                            played=played_of(games + anchor_games, verdicts + anchor_verdicts), scores=scores, answers=answers,
-                           metrics={**tsr_metrics(choices, scores, phase="phase1"), "reward_mean": float(np.nanmean(current_scores))})
+                           metrics={**tsr_metrics(choices, scores, phase="phase1"), "reward_mean": nan_mean(current_scores)})
 
     def _future_guided(self, batch: PromptBatch, futures: list[list[Response]], first: JudgedPairs, step: int,
                        timings: dict[str, float]) -> JudgedPairs:
