@@ -24,7 +24,6 @@ from megatron_elo.data.evolving import ArithmeticCreator, EvolvingPrompts, Templ
 from megatron_elo.elo.pool import EloPool
 from megatron_elo.flow import PairSignal, Played, PromptBatch, Response, StepRecord
 from megatron_elo.matchmaking.matchmakers import AbsoluteMatchmaker, EloMatchmaker
-from megatron_elo.recipes.games import StepPrompts
 from megatron_elo.recipes.pairs_online import PairsOnlineRecipe
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.outcomes import outcome_matrix
@@ -54,14 +53,14 @@ class EvaRecipe(PairsOnlineRecipe):
 
     def __init__(self, ctx: RunContext, **stages):
         super().__init__(ctx, **stages)
-        cfg = self.cfg
-        if self.world.is_driver:
-            eva = cfg.algorithm.eva
-            creator = ArithmeticCreator() if eva.creator == "programmatic" else TemplateCreator(
-                self.opponents, eva.creator, eva_templates(cfg))
-            self.prompts = EvolvingPrompts(self.prompts, creator, eva, seed=cfg.seed)
-        self.step_prompts = StepPrompts(self.world, self.prompts, cfg.rollout.prompts_per_step)
         self.log = EvaLog() if self.world.is_driver else None
+
+    def build_prompt_source(self, ctx: RunContext) -> EvolvingPrompts:
+        """The data set's prompts wrapped with the creator's evolved ones (driver)."""
+        eva = ctx.cfg.algorithm.eva
+        creator = ArithmeticCreator() if eva.creator == "programmatic" else TemplateCreator(
+            ctx.opponents(), eva.creator, eva_templates(ctx.cfg))
+        return EvolvingPrompts(super().build_prompt_source(ctx), creator, eva, seed=ctx.cfg.seed)
 
     def stages(self) -> dict[str, object | None]:
         """PairsOnlineRecipe's, the prompts being the evolving source, and the eva log."""

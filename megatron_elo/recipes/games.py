@@ -110,13 +110,17 @@ class GamesRecipe:
         self.cfg, self.world = cfg, world
         self.pool, self.matchmaker = pool, matchmaker
         self.policy = self.build_policy(cfg, world)
-        self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, self.policy.tokenizer) if world.is_driver else None
+        self.prompts = self.build_prompt_source(ctx) if world.is_driver else None
         self.step_prompts = StepPrompts(world, self.prompts, cfg.rollout.prompts_per_step)
         self.opponents, self.judge = ctx.opponents(), ctx.judge()  # the driver's; None elsewhere
         self.signal = GroupAdvantages(n_per_prompt=cfg.rollout.n_per_prompt, std_normalize=cfg.trainer.std_normalize,
                                       kernels=cfg.trainer.kernels, device=self.policy.trainer.device)
         self.evaluator = build_evaluator(ctx, self.policy.sampler)
         self.pending = PendingStage() if cfg.rollout.overlap_judging else None
+
+    def build_prompt_source(self, ctx: RunContext) -> PromptSource:
+        """The driver's training prompts in the loader's order (eva wraps them with its evolved ones)."""
+        return PromptSource.from_config(self.cfg, ctx.train_prompts, self.policy.tokenizer)
 
     def build_policy(self, cfg, world) -> TrainedPlayer:
         """The trained player with GRPO's loss (a pair recipe overrides this)."""

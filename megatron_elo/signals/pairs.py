@@ -16,6 +16,7 @@ import numpy as np
 
 from megatron_elo.flow import PairSignal, PreferencePair
 from megatron_elo.matchmaking.tournament import BracketResult
+from megatron_elo.signals.scored import best_index, worst_index
 
 
 def pairs_from_rewards(rewards: np.ndarray, valid: np.ndarray, *, rule: str) -> PairSignal:
@@ -28,8 +29,8 @@ def pairs_from_rewards(rewards: np.ndarray, valid: np.ndarray, *, rule: str) -> 
         mine = [j for j in range(rewards.shape[1]) if valid[p, j]]
         found: list[tuple[int, int]] = []
         if rule == "best_vs_worst" and mine:
-            best = max(mine, key=lambda j: (rewards[p, j], -j))
-            worst = min(mine, key=lambda j: (rewards[p, j], j))
+            row = np.where(valid[p], rewards[p], np.nan)
+            best, worst = best_index(row), worst_index(row)  # the first among equals, as signals/scored.py's
             found = [(best, worst)] if rewards[p, best] > rewards[p, worst] else []
         elif rule == "all_decided":
             found = [(i, j) for i in mine for j in mine if rewards[p, i] > rewards[p, j]]
