@@ -259,17 +259,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from megatron_elo.compare import compare, format_table, noise_line, parse_methods, write_and_log
+    from megatron_elo.analysis.compare_report import format_table
+    from megatron_elo.compare import compare, noise_line, parse_methods, write_and_log
 
-    if args.seeds < 1:
-        raise ConfigError([f"--seeds: must be >= 1, got {args.seeds}"])
+    if args.seeds < 1 or args.jobs < 1:
+        raise ConfigError([f"--seeds and --jobs: must be >= 1, got {args.seeds} and {args.jobs}"])
+    cfg = load_and_validate(args.config, args.overrides)
     try:
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods, tuple(o.name for o in cfg.opponents))
     except ValueError as err:
         raise ConfigError([str(err)]) from None
-    cfg = load_and_validate(args.config, args.overrides)
     results, start, target = compare(cfg, args.config, args.overrides, seeds=args.seeds, target=args.target,
-                                     methods=methods)
+                                     methods=methods, jobs=args.jobs)
     table = format_table(results, start=start, target=target) + "\n\n" + noise_line(cfg)
     print(table)
     print(f"written to {write_and_log(cfg, results, table)}")
@@ -374,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", default="point,static_pairwise,elo_evolve",
                          help="comma-separated: point, static_pairwise, elo_evolve, the pair losses dpo, ipo, simpo, "
                               "orpo, sppo, inpo (pairs_online with the config's algorithm.pairs) and the recipes eva, "
-                              "tsr, evolve (with the config's algorithm.eva / tsr / evolve)")
+                              "tsr, evolve (with the config's algorithm.eva / tsr / evolve); variants: "
+                              "static_pairwise:<opponent> (static_pairwise:all: one per opponent), "
+                              "elo_evolve:<rating_update> and elo_evolve:T<selection temperature>, chainable "
+                              "(elo_evolve:anchored:T50)")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="child runs at a time (each a `train` process; on a CPU machine one per core or two)")
     compare.add_argument("--target", type=float, default=None,
                          help="win rate for 'steps to target' (default: the starting win rate + 0.05)")
     compare.set_defaults(handler=cmd_compare)

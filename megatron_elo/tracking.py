@@ -30,6 +30,18 @@ def default_tracking_uri(output_dir: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
+def prepare_store(config: TrackingConfig, *, output_dir: str) -> None:
+    """Create the MLflow store's tables and the experiment once (``compare --jobs``: children starting
+    together would race to create them on the sqlite store, and one would fail)."""
+    if config.backend != "mlflow":
+        return
+    import mlflow
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(config.tracking_uri or default_tracking_uri(output_dir))
+    mlflow.set_experiment(config.experiment)
+
+
 class Tracker:
     """The interface the loop logs through."""
 

@@ -185,3 +185,84 @@ def test_pool_state_round_trip_and_mismatch():
         EloPool([PoolMember(name="policy", rating=1.0)], policy_rating=1.0, k_factor=1.0)
     with pytest.raises(KeyError, match="no opponent 'zzz'"):
         pool.member("zzz")
+
+
+# ----------------------------------------------------------------- rating-noise remedies (rating_update)
+
+def _ladder_pool(update: str, **kwargs) -> EloPool:
+    members = [PoolMember(name="weak", rating=900.0), PoolMember(name="strong", rating=1100.0)]
+    return EloPool(members, policy_rating=1000.0, k_factor=32.0, rating_update=update, **kwargs)
+
+
+def _policy_games(opponent: str, scores) -> list[GameResult]:
+    return [GameResult(player_a="policy", player_b=opponent, score_a=s) for s in scores]
+
+
+def test_share_reduction_scales_by_the_batch_share_hand_values():
+    # 15 games against weak (all won), 1 against strong (lost): 16 in the batch
+    games = _policy_games("weak", [1.0] * 15) + _policy_games("strong", [0.0])
+    ratings = {"policy": 1000.0, "weak": 1000.0, "strong": 1000.0}
+    deltas = batch_deltas(ratings, games, k_factor=32, reduction="share")
+    assert deltas == pytest.approx({"policy": 32 * (15 * 0.5 - 0.5) / 16, "weak": -32 * 7.5 / 16, "strong": 32 * 0.5 / 16})
+    mean = batch_deltas(ratings, games, k_factor=32, reduction="mean")
+    assert deltas["policy"] == pytest.approx(mean["policy"])  # in every game: as with the mean
+    assert mean["strong"] == pytest.approx(16.0) and deltas["strong"] == pytest.approx(1.0)  # 1/16 of the step
+    assert sum(deltas.values()) == pytest.approx(0.0)
+
+
+def test_anchored_and_prompt_share_pools():
+    games = _policy_games("strong", [1.0, 1.0]) + _policy_games("weak", [1.0] * 14)
+    anchored = _ladder_pool("anchored")
+    anchored.record(games)
+    batch = _ladder_pool("batch")
+    batch.record(games)
+    assert anchored.policy_rating == pytest.approx(batch.policy_rating) and anchored.policy_rating > 1000
+    assert (anchored.member("weak").rating, anchored.member("strong").rating) == (900.0, 1100.0)
+    assert anchored.member("strong").wins == 0 and anchored.member("strong").losses == 2  # statistics still kept
+    shared = _ladder_pool("prompt_share")
+    shared.record(games)
+    assert batch.member("strong").rating - 1100 == pytest.approx(8 * (shared.member("strong").rating - 1100))
+    with pytest.raises(ValueError, match="rating_update must be"):
+        _ladder_pool("median")
+
+
+def test_window_fit_matches_a_generic_optimiser():
+    from scipy.optimize import minimize
+
+    from megatron_elo.elo.fitted import fit_ratings
+
+    scores, priors, before, tau = {"weak": (30.0, 40), "strong": (7.5, 24)}, {"weak": 900.0, "strong": 1100.0, "idle": 1300.0}, 1020.0, 150.0
+
+    def negative_log_posterior(x):
+        policy, rest = x[0], dict(zip(priors, x[1:], strict=True))
+        total = (policy - before) ** 2 / (2 * tau**2) + sum((rest[n] - priors[n]) ** 2 / (2 * tau**2) for n in priors)
+        for name, (s, n) in scores.items():
+            e = expected_score(policy, rest[name])
+            total -= s * math.log(e) + (n - s) * math.log(1 - e)
+        return total
+
+    reference = minimize(negative_log_posterior, np.array([before, *priors.values()]), method="BFGS", options={"gtol": 1e-10}).x
+    fitted = fit_ratings(scores, policy_before=before, priors=priors, prior_scale=tau)
+    assert list(fitted.values()) == pytest.approx(reference.tolist(), abs=1e-3)
+    assert fitted["idle"] == pytest.approx(1300.0)  # never played: stays at its prior
+    # a huge window: the gap is Elo's inversion of the win rate (10/11 -> 400 points), whatever the priors
+    big = fit_ratings({"weak": (10e6, 11_000_000)}, policy_before=0.0, priors={"weak": 1000.0}, prior_scale=100.0)
+    assert big["policy"] - big["weak"] == pytest.approx(400.0, abs=0.05)
+    # all games won: the priors keep the fit finite
+    assert math.isfinite(fit_ratings({"weak": (50.0, 50)}, policy_before=1000.0, priors={"weak": 900.0}, prior_scale=200)["policy"])
+    with pytest.raises(KeyError, match="no prior rating"):
+        fit_ratings({"ghost": (1.0, 2)}, policy_before=1000.0, priors={"weak": 900.0}, prior_scale=200)
+
+
+def test_window_pool_forgets_old_games_and_resumes():
+    pool = _ladder_pool("window_mle", window_steps=2, window_prior=200.0)
+    for scores in ([0.0] * 16, [1.0] * 16, [1.0] * 16):  # the first step's losses leave the window at the third
+        pool.record(_policy_games("strong", scores))
+    assert [b["strong"] for b in pool.window.state_dict()] == [[16.0, 16], [16.0, 16]]
+    saved = pool.state_dict()
+    resumed = _ladder_pool("window_mle", window_steps=2, window_prior=200.0)
+    resumed.load_state_dict(saved)
+    games = _policy_games("weak", [1.0, 0.0, 0.5] * 5)
+    assert resumed.record(games) == pool.record(games) and resumed.ratings() == pool.ratings()
+    with pytest.raises(ValueError, match="rates games of the 'policy' only"):
+        pool.record([GameResult(player_a="weak", player_b="strong", score_a=1.0)])

@@ -104,6 +104,9 @@ def test_resumed_run_equals_uninterrupted(straight_and_resumed):
     assert resumed[3] == straight[3]  # Elo history, step by step
     assert all(torch.equal(resumed[1][k], straight[1][k]) for k in straight[1])
     assert resumed[0]["win_rate_after"] == straight[0]["win_rate_after"]
+    # compare's per-step trace: restored with the checkpoint, one row per step, every prompt counted
+    assert resumed[0]["trace"] == straight[0]["trace"] and [row["step"] for row in straight[0]["trace"]] == [1, 2, 3, 4]
+    assert all(sum(row["prompts"].values()) == straight_and_resumed[3].rollout.prompts_per_step for row in straight[0]["trace"])
 
 
 def copy_answer_store(straight_and_resumed, root: Path) -> None:
@@ -383,8 +386,9 @@ def test_compare_runs_every_method_and_tabulates(players, tmp_path, capsys):
     """`megatron-elo compare` on a 2-step budget: one child run per method, a table, files, an MLflow run."""
     import yaml
 
+    from megatron_elo.analysis.compare_report import steps_to_target
     from megatron_elo.cli import load_and_validate, main
-    from megatron_elo.compare import child_config, compare, config_differences, steps_to_target
+    from megatron_elo.compare import child_config, compare, config_differences
 
     cfg = small_config(tmp_path, players)
     config_file = tmp_path / "small.yaml"

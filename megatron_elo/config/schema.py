@@ -237,9 +237,19 @@ class EloConfig:
 
     k_factor: float = opt(32.0, "Elo K: R += K * (S - E).")
     batch_reduction: Literal["mean", "sum"] = opt(
-        "mean", "A player's changes over one step's games: mean (one K-sized step per batch, whatever the batch size) "
-        "or sum (classic Elo, K per game)."
+        "mean", "rating_update=batch / anchored: a player's changes over one step's games: mean (one K-sized step per "
+        "batch, whatever the batch size) or sum (classic Elo, K per game)."
     )
+    rating_update: Literal["batch", "anchored", "prompt_share", "window_mle"] = opt(
+        "batch", "How ratings move after a step's games. batch: every player in them by batch_reduction (a rarely drawn "
+        "opponent moves a full K-sized step on one prompt's correlated games); anchored: the frozen opponents keep their "
+        "initial ratings, only the policy moves; prompt_share: K * (a player's summed S - E) / (the step's games), a "
+        "step in proportion to the prompts it played; window_mle: the maximum-likelihood (Bradley-Terry) ratings of "
+        "the last window_steps steps' games, each opponent held near its initial rating by a prior of window_prior."
+    )
+    window_steps: int = opt(20, "rating_update=window_mle: steps of games in the fitting window.")
+    window_prior: float = opt(200.0, "rating_update=window_mle: standard deviation (rating points) of the Gaussian "
+                                     "priors around each opponent's initial rating and the policy's previous one.")
     initial_rating: float = opt(1000.0, "Default starting rating (the policy's, and opponents' without their own).")
     selection: Literal["rating_gap", "expected_score"] = opt(
         "rating_gap", "Selection logits: -|R_policy - R_j| / T, or -|E(policy beats j) - target_win_rate| / T."

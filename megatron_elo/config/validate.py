@@ -149,6 +149,11 @@ def _check_ranges(cfg: RunConfig, check: _Check) -> None:
     if elo.temperature_end is not None:
         check.need(elo.temperature_end > 0, f"algorithm.elo.temperature_end: must be > 0, got {elo.temperature_end}")
     check.need(0 < elo.target_win_rate < 1, f"algorithm.elo.target_win_rate: must be in (0, 1), got {elo.target_win_rate}")
+    check.need(elo.window_steps >= 1, f"algorithm.elo.window_steps: must be >= 1, got {elo.window_steps}")
+    check.need(elo.window_prior > 0, f"algorithm.elo.window_prior: must be > 0 rating points, got {elo.window_prior}")
+    check.need(elo.batch_reduction == "mean" or elo.rating_update in ("batch", "anchored"),
+               f"algorithm.elo.batch_reduction={elo.batch_reduction} applies to rating_update batch / anchored only; "
+               f"{elo.rating_update} sets each step itself: remove batch_reduction")
     for where, engine in _engines(cfg):
         check.need(
             0 < engine.gpu_memory_utilization <= 1,

@@ -4,6 +4,10 @@
     probs = pool.selection_probabilities(temperature=100.0)       # [num_opponents]
     pool.record([GameResult(player_a="policy", player_b="strong", score_a=1.0), ...])
 
+How a batch moves the ratings is ``rating_update`` (EloConfig's help): batch (``batch_reduction``),
+anchored (opponents fixed), prompt_share (steps in proportion to a player's games) or window_mle
+(``elo/fitted.py``).
+
 Pure Python; it knows nothing of engines or Megatron beyond the names it is given.
 """
 
@@ -15,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from megatron_elo.config.schema import EloConfig, OpponentConfig
+from megatron_elo.elo.fitted import GameWindow, fit_ratings
 from megatron_elo.elo.ratings import GameResult, batch_deltas
 from megatron_elo.elo.selection import selection_probabilities
 from megatron_elo.flow import POLICY
@@ -43,11 +48,17 @@ class EloPool:
     """Ratings of the policy and every opponent, updated once per batch of games."""
 
     def __init__(self, members: Sequence[PoolMember], *, policy_rating: float, k_factor: float,
-                 batch_reduction: str = "mean", selection: str = "rating_gap", target_win_rate: float = 0.5):
+                 batch_reduction: str = "mean", selection: str = "rating_gap", target_win_rate: float = 0.5,
+                 rating_update: str = "batch", window_steps: int = 20, window_prior: float = 200.0):
         names = [m.name for m in members]
         if POLICY in names or len(set(names)) != len(names):
             raise ValueError(f"opponent names must be unique and not {POLICY!r}: {names}")
+        if rating_update not in ("batch", "anchored", "prompt_share", "window_mle"):
+            raise ValueError(f"rating_update must be batch, anchored, prompt_share or window_mle, got {rating_update!r}")
         self.members = list(members)
+        self.initial_ratings = {m.name: m.rating for m in members}  # the window fit's priors
+        self.rating_update, self.window_prior = rating_update, float(window_prior)
+        self.window = GameWindow(window_steps) if rating_update == "window_mle" else None
         self.policy_rating = float(policy_rating)
         self.k_factor = float(k_factor)
         self.batch_reduction = batch_reduction
@@ -63,7 +74,8 @@ class EloPool:
             for o in opponents
         ]
         return cls(members, policy_rating=elo.initial_rating, k_factor=elo.k_factor, batch_reduction=elo.batch_reduction,
-                   selection=elo.selection, target_win_rate=elo.target_win_rate)
+                   selection=elo.selection, target_win_rate=elo.target_win_rate, rating_update=elo.rating_update,
+                   window_steps=elo.window_steps, window_prior=elo.window_prior)
 
     @property
     def names(self) -> list[str]:
@@ -89,7 +101,7 @@ class EloPool:
     def record(self, games: Iterable[GameResult]) -> dict[str, float]:
         """Rate one batch of games (order-independent) and update statistics; returns the deltas."""
         games = list(games)
-        deltas = batch_deltas(self.ratings(), games, k_factor=self.k_factor, reduction=self.batch_reduction)
+        deltas = self._deltas(games)
         self.policy_rating += deltas.get(POLICY, 0.0)
         for m in self.members:
             m.rating += deltas.get(m.name, 0.0)
@@ -104,9 +116,25 @@ class EloPool:
                 m.losses += score == 0.0
         return deltas
 
+    def _deltas(self, games: list[GameResult]) -> dict[str, float]:
+        """Each player's rating change for one batch, by ``rating_update``."""
+        if self.rating_update == "window_mle":
+            self.window.add(games)
+            fitted = fit_ratings(self.window.totals(), policy_before=self.policy_rating, priors=self.initial_ratings,
+                                 prior_scale=self.window_prior)
+            return {name: fitted[name] - rating for name, rating in self.ratings().items()}
+        reduction = "share" if self.rating_update == "prompt_share" else self.batch_reduction
+        deltas = batch_deltas(self.ratings(), games, k_factor=self.k_factor, reduction=reduction)
+        if self.rating_update == "anchored":
+            return {POLICY: deltas[POLICY]} if POLICY in deltas else {}
+        return deltas
+
     def state_dict(self) -> dict:
         """Everything needed to resume (plain Python, JSON-serialisable)."""
-        return {"policy_rating": self.policy_rating, "members": [asdict(m) for m in self.members]}
+        state = {"policy_rating": self.policy_rating, "members": [asdict(m) for m in self.members]}
+        if self.window is not None:
+            state["window"] = self.window.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ratings and statistics saved by ``state_dict`` (same opponent names required)."""
@@ -115,3 +143,5 @@ class EloPool:
             raise ValueError(f"checkpointed pool {saved} does not match the configured opponents {self.names}")
         self.policy_rating = float(state["policy_rating"])
         self.members = [PoolMember(**m) for m in state["members"]]
+        if self.window is not None:
+            self.window.load_state_dict(state.get("window", []))

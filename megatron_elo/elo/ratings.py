@@ -7,8 +7,11 @@ A batch of games is rated against the ratings *before* the batch: every game's c
 from the same snapshot, so the result does not depend on the order of games within the batch
 (sequential Elo would). A player's changes are then summed (classic Elo: K per game) or averaged
 (K per batch, whatever the batch size: an RL step plays hundreds of games, and summing them would
-move the policy by K * hundreds of points per step). Between two rated players both reductions give
-equal and opposite deltas, so the sum of their ratings is conserved.
+move the policy by K * hundreds of points per step), or shared: K * (the player's summed S - E) / (the
+batch's number of games), so that a player's step is in proportion to its share of the batch (the policy,
+in every game, moves as with the mean; an opponent drawn for one prompt of sixteen moves a sixteenth as
+far). Between two rated players every reduction gives equal and opposite deltas, so the sum of their
+ratings is conserved; "sum" and "share" conserve the sum over any number of players.
 """
 
 from __future__ import annotations
@@ -41,17 +44,20 @@ class GameResult:
 
 
 def batch_deltas(ratings: Mapping[str, float], games: Iterable[GameResult], *, k_factor: float,
-                 reduction: Literal["mean", "sum"] = "mean") -> dict[str, float]:
+                 reduction: Literal["mean", "sum", "share"] = "mean") -> dict[str, float]:
     """Rating change of every player in ``games``, all computed from the snapshot ``ratings``.
 
-    reduction: "sum" adds K * (S - E) over a player's games; "mean" averages them.
-    Returns {name: delta} in rating points; players not in any game are absent.
+    reduction: "sum" adds K * (S - E) over a player's games; "mean" averages them; "share" divides the
+    sum by the number of games in the batch. Returns {name: delta} in rating points; players not in any
+    game are absent.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "share"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'share', got {reduction!r}")
     deltas: dict[str, float] = {}
     counts: dict[str, int] = {}
+    num_games = 0
     for game in games:
+        num_games += 1
         for name in (game.player_a, game.player_b):
             if name not in ratings:
                 raise KeyError(f"player {name!r} has no rating; known: {sorted(ratings)}")
@@ -61,11 +67,13 @@ def batch_deltas(ratings: Mapping[str, float], games: Iterable[GameResult], *, k
             counts[name] = counts.get(name, 0) + 1
     if reduction == "mean":
         return {name: total / counts[name] for name, total in deltas.items()}
+    if reduction == "share":
+        return {name: total / num_games for name, total in deltas.items()}
     return deltas
 
 
 def apply_batch(ratings: Mapping[str, float], games: Iterable[GameResult], *, k_factor: float,
-                reduction: Literal["mean", "sum"] = "mean") -> dict[str, float]:
+                reduction: Literal["mean", "sum", "share"] = "mean") -> dict[str, float]:
     """New ratings after one batch of games (a new dict; ``ratings`` is not modified)."""
     deltas = batch_deltas(ratings, games, k_factor=k_factor, reduction=reduction)
     return {name: rating + deltas.get(name, 0.0) for name, rating in ratings.items()}

@@ -55,6 +55,24 @@ def step_metrics(record: StepRecord, *, seconds: float) -> dict[str, float]:
     return metrics
 
 
+def step_trace(record: StepRecord) -> dict | None:
+    """What ``compare`` reads of one step of a games recipe (None for a step without games): prompts per
+    opponent (``"-"``: scored alone), the selection probabilities they were drawn from, the policy's mean
+    reward (its score in pairwise games: the win probability against the chosen opponents) and the share
+    of prompt groups without signal."""
+    signal, played = record.signal, record.played
+    if signal is None or played is None or len(signal.rewards) == 0:
+        return None
+    opponents = played.plan.opponents
+    prompts: dict[str, int] = {}
+    for name in opponents:
+        prompts[name or "-"] = prompts.get(name or "-", 0) + 1
+    no_signal, _ = no_signal_rates(signal.rewards, signal.valid, opponents)
+    valid = signal.valid
+    return {"step": record.step, "prompts": prompts, "p_select": dict(played.plan.probabilities),
+            "reward_mean": float(signal.rewards[valid].mean()) if valid.any() else None, "no_signal": no_signal}
+
+
 def write_artifacts(cfg: RunConfig, run_dir: Path, *, rated: list[str], elo_history: list[dict], evals: list[dict],
                     last: StepRecord | None, tracker: Tracker) -> None:
     """resolved_config.yaml, elo_history.csv + elo_ratings.png (``rated``: the players' names, columns

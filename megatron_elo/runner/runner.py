@@ -31,7 +31,7 @@ from megatron_elo.players.prepare import prepare_players
 from megatron_elo.recipes import Recipe, build_recipe
 from megatron_elo.runner.context import RunContext
 from megatron_elo.runner.errors import EngineStopped
-from megatron_elo.runner.report import export_final, step_metrics, write_artifacts
+from megatron_elo.runner.report import export_final, step_metrics, step_trace, write_artifacts
 from megatron_elo.runner.state import RunState, StateRegistry, unlisted_stages
 from megatron_elo.tracking import Tracker, make_tracker
 from megatron_elo.utils.logging import get_logger, progress_bar, send_engine_logs_to
@@ -174,6 +174,9 @@ class Runner:
         self.last_record = record
         if record.ratings:
             self.run_state.elo_history.append({"step": record.step, **record.ratings})
+        trace = step_trace(record)
+        if trace is not None:
+            self.run_state.trace.append(trace)
         metrics = step_metrics(record, seconds=seconds)
         if record.step % self.cfg.tracking.log_every == 0:
             tracker.log_metrics(metrics, step=record.step)
@@ -211,7 +214,8 @@ class Runner:
                    "win_rate_after": final.win_rate, "ci95_after": final.ci95, "exact_before": first["exact"],
                    "exact_after": final.exact, "elo": ratings, "mlflow": tracker.location,
                    "export": str(export) if export else None, "run_dir": str(self.run_dir), "eval_split": self.cfg.eval.split,
-                   "evals": self.run_state.evals, **reported}
+                   "evals": self.run_state.evals, "elo_history": self.run_state.elo_history, "trace": self.run_state.trace,
+                   **reported}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -31,6 +31,7 @@ class RunState:
     elo_history: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    trace: list[dict] = field(default_factory=list)  # per step: the curriculum's measurements (report.step_trace)
 
     def state_dict(self) -> dict:
         """JSON of every field."""
@@ -40,6 +41,7 @@ class RunState:
         """Restore ``state_dict``."""
         self.step, self.mlflow_run_id = int(state["step"]), state["mlflow_run_id"]
         self.elo_history, self.evals = list(state["elo_history"]), list(state["evals"])
+        self.trace = list(state.get("trace", []))  # absent in checkpoints written before it existed
 
 
 def is_stateful(stage: object) -> bool:
