@@ -126,8 +126,12 @@ def child_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     """The config the (method, seed) child run trains with."""
     from megatron_elo.config.loader import apply_overrides, config_from_dict, config_to_dict
 
-    overrides = [*method_overrides(cfg, method), f"seed={seed}", f"run_name={run_name_of(method, seed)}"]
-    return config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
+    return config_from_dict(apply_overrides(config_to_dict(cfg), child_overrides(cfg, method, seed)))
+
+
+def child_overrides(cfg: RunConfig, method: str, seed: int) -> list[str]:
+    """The dotted overrides, on top of the comparison's, of the (method, seed) child."""
+    return [*method_overrides(cfg, method), f"seed={seed}", f"run_name={run_name_of(method, seed)}"]
 
 
 def config_differences(expected: RunConfig, resolved_yaml: str) -> list[str]:
@@ -163,8 +167,7 @@ def run_one(config: str, overrides: list[str], method: str, seed: int, cfg: RunC
             raise ValueError(f"{run_dir} is a finished run of another config ({', '.join(differing[:8])} differ): delete "
                              f"the compare_* runs there to train them again, or set output_dir to a new directory")
     if not summary_file.is_file():
-        command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, *method_overrides(cfg, method),
-                   f"seed={seed}", f"run_name={run_name}"]
+        command = [sys.executable, "-m", "megatron_elo.cli", "train", config, *overrides, *child_overrides(cfg, method, seed)]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0 or not summary_file.is_file():
             raise RuntimeError(f"{run_name} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
