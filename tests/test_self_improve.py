@@ -36,6 +36,7 @@ from megatron_elo.signals.scored import (
 )
 from megatron_elo.tasks.arithmetic import CharTokenizer
 from tests.test_loop import players  # noqa: F401  (the tiny players, made once per module)
+from tests.two_ranks import tensor_parallel_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {name: ROOT / "configs" / f"tiny_cpu_{name}.yaml" for name in ("eva", "tsr", "evolve")}
@@ -466,20 +467,12 @@ def test_tsr_on_two_tensor_parallel_ranks_is_the_one_process_run(straight_runs, 
     """Trainer TP = 2 with a TP = 2 colocated engine: the driver's phases shared with the other rank, the look-ahead
     copied and put back per TP shard, both syncs to the sharded engine: the same evaluations and final weights
     as one process (the opponents' and M_0's answers from that run's store, so no server starts)."""
-    import shutil
-
     from safetensors.torch import load_file
 
-    from megatron_elo.config.loader import config_to_dict
     from megatron_elo.parallel.spawn import run_distributed
 
     cfg, straight = straight_runs("tsr")
-    shutil.copytree(Path(straight[0]["run_dir"]).parent / "opponent_cache", tmp_path / "opponent_cache")
-    raw = config_to_dict(cfg)
-    raw.update(output_dir=str(tmp_path), run_name="two_ranks")
-    raw["parallel"].update(tp=2)
-    raw["rollout"]["engine"].update(tp=2, dp=1)
-    raw["cluster"]["devices_per_node"] = 2
+    raw = tensor_parallel_twin(cfg, straight[0]["run_dir"], tmp_path)
     driver, other = run_distributed(run_recipe, 2, validate(config_from_dict(raw), world_size=2), timeout=900)
     served = {k for k in driver[2][-1] if k.startswith("engine/restarts/")}  # opponents are served in a world
     assert driver[0]["evals"] == straight[0]["evals"]  # every evaluation

@@ -19,13 +19,14 @@ from megatron_elo.judges.panel import PanelScores, checker_score, fill_score_tem
 from megatron_elo.matchmaking.duels import DuelMatch, DuelPlan, plan_duels
 from megatron_elo.signals.duels import duel_pair_rows, judge_duels
 from tests.test_loop import players  # noqa: F401  (the tiny players, made once per module)
+from tests.two_ranks import tensor_parallel_twin
 
 SPARTA = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu_sparta.yaml"
 
 
 def reputations_at(**ratings: float) -> Reputations:
     reps = Reputations(sorted(ratings))
-    reps.ratings.update(ratings)
+    reps.reputation.update(ratings)
     return reps
 
 
@@ -137,6 +138,9 @@ def test_llm_panel_asks_each_judge_its_duels_in_one_call_and_counts_what_it_cann
     assert text == "Q 2+3= A 5 score?"
     assert panel.scores[0, "a"] == {"c": 5.0, "d": float(len(text) % 10 + 1)}  # c's ramble: 5
     assert panel.scores[1, "c"] == {"b": 5.0, "d": 5.0}  # overlong for both judges
+    # ... who then score its opponent's answer 5 as well, as the authors do (read alone, it would score 8)
+    assert len(fill_score_template(recipe.template, question="4+4=", answer="8")) % 10 + 1 == 8
+    assert panel.scores[1, "a"] == {"b": 5.0, "d": 5.0}
     assert panel.unparsed == 2 and panel.overlong == 2 and panel.parsed == 4
 
 
@@ -165,6 +169,15 @@ def test_sparta_config_problems_are_reported_together():
     with pytest.raises(ConfigError, match="players: only algorithm.name=sparta"):
         validate(config_from_dict(raw), check_paths=False)
     assert validate(load_config(SPARTA), check_paths=False).algorithm.sparta.weighting == "reputation"
+
+
+def test_the_7b_config_validates_with_the_authors_settings():
+    cfg = validate(load_config(SPARTA.parent / "qwen2.5-7b_sparta.yaml"), check_paths=False)
+    sparta, pairs = cfg.algorithm.sparta, cfg.algorithm.pairs
+    assert len(cfg.players) == 10 and (sparta.p_random, sparta.nearest, sparta.panel) == (0.6, 5, "llm")
+    assert (pairs.loss, pairs.beta, pairs.reference, pairs.epochs, cfg.trainer.lr) == ("dpo", 0.1, "previous_iterate", 1, 1e-6)
+    assert (cfg.trainer.steps, cfg.rollout.prompts_per_step, cfg.rollout.temperature, cfg.rollout.top_p) == (8, 1000, 0.7, 0.95)
+    assert sparta.offload_idle and cfg.trainer.warmup_steps / cfg.trainer.steps < 0.15
 
 
 # ---------------------------------------------------------------- the tribe on tiny real engines (slow)
@@ -196,7 +209,11 @@ def sampler_gaps(recipe) -> dict[str, float]:
     """Per player: mean |engine - trainer| log-prob of the engine's own samples (0: in sync)."""
     from tests.recording import engine_gap
 
-    return {name: engine_gap(player) for name, player in recipe.tribe.players.items()}
+    gaps = {}
+    for name, player in recipe.tribe.players.items():
+        with recipe.tribe.resident(name):  # (algorithm.sparta.offload_idle: its trainer is on the host)
+            gaps[name] = engine_gap(player)
+    return gaps
 
 
 def run_tribe(rank, world_size, cfg, stop_after=None):
@@ -206,20 +223,33 @@ def run_tribe(rank, world_size, cfg, stop_after=None):
     gaps = measure_after_last_step(SpartaRecipe, cfg.trainer.steps, sampler_gaps)  # after the last iteration's syncs
     runner, summary, records = recorded_run(cfg, stop_after)
     recipe = runner.recipe
-    weights = {name: {n: p.detach().clone() for n, p in t.model.named_parameters()} for name, t in recipe.trainers().items()}
-    return (summary, weights, recipe.reputation_log.rows, [dict(r.extra_metrics) for r in records], gaps.get("value", {}),
-            {name: t.step for name, t in recipe.trainers().items()})
+    weights = {}
+    for name, trainer in recipe.trainers().items():
+        with recipe.tribe.resident(name):
+            weights[name] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    log_rows = recipe.reputation_log.rows if recipe.reputation_log is not None else None  # the driver keeps it
+    return (summary, weights, log_rows, [dict(r.extra_metrics) for r in records], gaps.get("value", {}),
+            {name: t.step for name, t in recipe.trainers().items()}, {name: t.offloaded is not None for name, t in recipe.trainers().items()})
+
+
+@pytest.fixture(scope="module")
+def straight_tribe(players, tmp_path_factory):  # noqa: F811
+    """The uninterrupted one-process tribe run: (its config, its results)."""
+    from megatron_elo.parallel.spawn import run_distributed
+
+    cfg = sparta_config(tmp_path_factory.mktemp("straight"), players)
+    return cfg, run_distributed(run_tribe, 1, cfg, timeout=900)[0]
 
 
 @pytest.mark.slow
-def test_tribe_trains_every_player_and_a_resumed_run_is_the_same_run(players, tmp_path_factory):  # noqa: F811
+def test_tribe_trains_every_player_and_a_resumed_run_is_the_same_run(players, tmp_path_factory, straight_tribe):  # noqa: F811
     from megatron_elo.parallel.spawn import run_distributed
 
-    straight = run_distributed(run_tribe, 1, sparta_config(tmp_path_factory.mktemp("straight"), players), timeout=900)[0]
+    straight = straight_tribe[1]
     resumed_cfg = sparta_config(tmp_path_factory.mktemp("resumed"), players)
     first = run_distributed(run_tribe, 1, resumed_cfg, 3, timeout=900)[0]  # killed after iteration 3: step 2's checkpoint
     second = run_distributed(run_tribe, 1, resumed_cfg, timeout=900)[0]
-    summary, weights, log_rows, metrics, gaps, optimizer_steps = straight
+    summary, weights, log_rows, metrics, gaps, optimizer_steps, _ = straight
     assert first[0] == {"finished": False, "step": 3} and second[0]["finished"]
     for name in weights:  # every player's weights, bitwise
         assert all(torch_equal(second[1][name][k], weights[name][k]) for k in weights[name]), name
@@ -242,6 +272,40 @@ def test_tribe_trains_every_player_and_a_resumed_run_is_the_same_run(players, tm
     assert {"step_00000004", "step_00000004-policy_init", "step_00000004-medium", "step_00000004-strong"} <= exports
 
 
+@pytest.mark.slow
+def test_tribe_on_two_tensor_parallel_ranks_is_the_one_process_run(straight_tribe, tmp_path):
+    """Every player's trainer TP = 2 with a TP = 2 colocated engine, over gloo, each trainer offloaded to the host
+    between its turns (algorithm.sparta.offload_idle): the driver's duels, panel and reputations shared with the
+    other rank, each player's DPO and its sync to its sharded engine, checkpoints written from offloaded trainers:
+    the same reputations, duels, evaluations and (to TP's reordered sums) weights as one process. The reference
+    opponent's answers come from the one-process run's store, so no server starts."""
+    import torch
+    from safetensors.torch import load_file
+
+    from megatron_elo.parallel.spawn import run_distributed
+
+    cfg, straight = straight_tribe
+    raw = tensor_parallel_twin(cfg, straight[0]["run_dir"], tmp_path)
+    raw["algorithm"]["sparta"]["offload_idle"] = True  # each player's trainer on the host between its turns
+    driver, other = run_distributed(run_tribe, 2, validate(config_from_dict(raw), world_size=2), timeout=900)
+    summary, weights, log_rows, metrics, gaps, optimizer_steps, _ = straight
+    assert driver[2] == log_rows and driver[0]["reputation"] == summary["reputation"]  # every iteration's reputations
+    assert driver[0]["evals"] == summary["evals"] and driver[5] == other[5] == optimizer_steps
+    assert all(driver[6].values()) and all(other[6].values()) and not any(straight[6].values())  # offloaded after the run
+    served = {k for k in driver[3][-1] if k.startswith("engine/restarts/")}  # the reference is served in a world
+    ours = {k: v for k, v in driver[3][-1].items() if k not in served}
+    assert ours.keys() == metrics[-1].keys()  # the last iteration's duels, pairs, panel, losses (nan: nothing to measure)
+    assert all(v == metrics[-1][k] or (math.isnan(v) and math.isnan(metrics[-1][k])) for k, v in ours.items()), ours
+    assert not (tmp_path / "engine_logs").exists()  # every reference answer came from the store
+    assert all(gap < 1e-3 for gap in driver[4].values()), driver[4]  # each sharded engine holds its player's weights
+    for name in weights:  # each player's exported HF weights: TP's reordered fp32 sums through its DPO steps (measured: 2.2e-5 at most)
+        export = f"step_{cfg.trainer.steps:08d}" + ("" if name == cfg.players[0].name else f"-{name}")
+        ours, theirs = (load_file(str(Path(s["run_dir"]) / "export_hf" / export / "model.safetensors")) for s in (driver[0], summary))
+        assert ours.keys() == theirs.keys()
+        for key, weight in theirs.items():
+            torch.testing.assert_close(ours[key], weight, rtol=0, atol=5e-5, msg=f"{name} {key}")
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
@@ -256,7 +320,7 @@ def test_llm_panel_scores_with_each_players_engine(players, tmp_path):  # noqa: 
     template.write_text("{question}{answer} ? ")  # the task's alphabet only (its tokenizer has no letters)
     cfg = sparta_config(tmp_path, players, panel="llm", score_template=str(template), score_max_new_tokens=8)
     cfg.trainer.steps, cfg.eval.num_prompts = 2, 0
-    summary, _, log_rows, metrics, _, _ = run_distributed(run_tribe, 1, cfg, timeout=900)[0]
+    summary, _, log_rows, metrics, _, _, _ = run_distributed(run_tribe, 1, cfg, timeout=900)[0]
     assert summary["finished"] and len(log_rows) == 2
     for m in metrics:  # 8 duels, 2 answers each, scored by the 2 players not in the duel: 32 judge prompts
         assert m["panel/parsed"] + m["panel/unparsed"] + m["panel/overlong"] == 32

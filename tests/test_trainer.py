@@ -303,6 +303,63 @@ def test_resume_is_bit_exact(model_dir, tmp_path, precision):
     _assert_same_run(straight, resumed)
 
 
+def offloaded_between_steps(rank, world_size, model_dir, batches, precision, optimizer, offload_after, device="cpu"):
+    """Train on every batch, the trainer's memory on the host and back after ``offload_after`` steps (None: never):
+    the final weights and fp32 main state, and what the offload freed (bytes moved, gradient bytes freed without a
+    copy, parameter storage sizes, the drop in CUDA memory allocated)."""
+    from megatron_elo.trainer.offload import offload, reload
+
+    with _devices_for(optimizer):
+        trainer = _trainer(model_dir, 1, 1, precision=precision, device=device, optimizer=optimizer,
+                           distributed_optimizer=optimizer != "auto")
+        freed = None
+        for i, batch in enumerate(batches):
+            if i == offload_after:
+                allocated = torch.cuda.memory_allocated() if device == "cuda" else 0
+                moved = offload(trainer)
+                dropped = allocated - (torch.cuda.memory_allocated() if device == "cuda" else 0)
+                freed = (moved.nbytes, moved.scratch_nbytes,
+                         {p.untyped_storage().nbytes() for p in trainer.model.parameters()}, dropped)
+                with pytest.raises(RuntimeError, match="on the host"):
+                    trainer.train_step(batch)
+                reload(trainer)
+            trainer.train_step(batch)
+        state = trainer.optimizer.full_state()
+    weights = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
+    return weights, state, freed
+
+
+def _assert_offload_round_trip(model_dir, precision, optimizer, device="cpu", backend=None):
+    batches = [make_batch(model_dir, seed=s) for s in range(3)]
+    kwargs = {"backend": backend} if backend else {}
+    straight = run_distributed(offloaded_between_steps, 1, model_dir, batches, precision, optimizer, None, device, **kwargs)[0]
+    weights, state, (moved, scratch, storage_sizes, dropped) = run_distributed(
+        offloaded_between_steps, 1, model_dir, batches, precision, optimizer, 2, device, **kwargs)[0]
+    assert storage_sizes == {0}  # every parameter's memory was freed while offloaded
+    model_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+    assert moved > 3 * model_bytes  # weights, plus fp32 main weights and two Adam moments
+    assert scratch > 1.5 * model_bytes  # fp32 gradients (2x a bf16 model) freed, not copied
+    assert all(torch.equal(weights[k], straight[0][k]) for k in weights)
+    assert all(torch.equal(state[n][key], straight[1][n][key]) for n in state for key in state[n])
+    return moved + scratch, dropped
+
+
+@pytest.mark.parametrize(("precision", "optimizer"), [("bf16", "auto"), ("bf16", "megatron_core_on_cpu")])
+def test_an_offloaded_trainer_reloads_bitwise_and_trains_on(model_dir, precision, optimizer):
+    """Weights, fp32 main weights and Adam moments to the host and back between two steps, gradient buffers freed
+    (torch AdamW; megatron-core's DDP buffers and distributed optimizer shards): the same run as one never
+    offloaded."""
+    _assert_offload_round_trip(model_dir, precision, optimizer)
+
+
+@pytest.mark.gpu
+def test_an_offloaded_cuda_trainer_frees_its_device_memory_and_reloads_bitwise(model_dir):
+    """On a GPU with megatron-core's DDP and distributed optimizer: CUDA memory allocated falls by (about) what
+    went to the host plus the gradients freed, and the run after the round trip is the one never offloaded."""
+    freed, dropped = _assert_offload_round_trip(model_dir, "bf16", "megatron_core", "cuda", backend="nccl")
+    assert dropped >= 0.9 * freed, (dropped, freed)
+
+
 def reductions_in_flight_at_finish(rank, world_size, model_dir, batches):
     """Per step: whether each gradient bucket's DP reduction was already under way when the trainer
     came to finish it (megatron-core's DDP with overlap, on the CPU)."""

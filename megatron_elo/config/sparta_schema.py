@@ -35,7 +35,8 @@ class SpartaConfig:
     nearest: int = opt(5, "How many reputation neighbours the opponent is drawn from otherwise (authors: 5).")
     panel: Literal["checker", "llm"] = opt(
         "llm", "Who scores the answers: llm: every other player, on its own engine, from score_template (a JSON "
-               "reply; unparsable: 5, counted); checker: the task's checker (10 - |error|, at least 1) with each "
+               "reply; a judge with an unparsable reply on either answer of a duel scores both 5, "
+               "counted); checker: the task's checker (10 - |error|, at least 1) with each "
                "player's judge_noise (verifiable tasks, the tiny demo).")
     weighting: Literal["reputation", "uniform"] = opt(
         "reputation", "How the panel's scores are aggregated into the pair label: reputation-weighted mean (SPARTA) "
@@ -43,3 +44,8 @@ class SpartaConfig:
     score_template: str | None = opt(None, "panel=llm: the scoring prompt ({question}, {answer}; the reply holds "
                                            "{\"score\": 1-10}); default configs/sparta/score.txt.")
     score_max_new_tokens: int = opt(64, "panel=llm: a judge's reply cap, tokens (greedy).")
+    offload_idle: bool = opt(False, "Keep each player's trainer (weights, fp32 main weights, Adam state, and its frozen "
+                                    "reference; gradient buffers are freed, not copied) in host memory except during its own update, weight sync and "
+                                    "checkpoint write, so only one player's trainer holds device memory at a time "
+                                    "(engines sleep between their turns either way); costs a host-device copy of each "
+                                    "trainer per iteration. For tribes whose trainers do not fit on the devices together.")

@@ -207,9 +207,12 @@ def _resolve_arch(model: ModelConfig, where: str, check: _Check, check_paths: bo
 
 
 def _check_player_archs(cfg: RunConfig, check: _Check, check_paths: bool, prepared: dict[str, ArchConfig]) -> None:
-    """Each SPARTA player's checkpoint has the tribe's architecture (``model.arch``)."""
+    """Each SPARTA player's checkpoint has the tribe's architecture (``model.arch``; without the paths checked, a
+    player not on disk is taken to have it)."""
     for i in range(len(cfg.players)):
         model = replace(player_model(cfg, i), arch=None)
+        if not check_paths and model.path not in prepared and not (Path(model.path) / "config.json").is_file():
+            continue
         _resolve_arch(model, f"players.{i}", check, check_paths, prepared)
         if model.arch is not None and cfg.model.arch is not None and model.arch != cfg.model.arch:
             check.problems.append(f"players.{i}.path: {model.path!r} has another architecture than model.arch; a tribe "

@@ -8,7 +8,8 @@ How a batch moves the ratings is ``rating_update`` (EloConfig's help): batch (``
 anchored (opponents fixed), prompt_share (steps in proportion to a player's games) or window_mle
 (``elo/fitted.py``).
 
-Pure Python; it knows nothing of engines or Megatron beyond the names it is given.
+The pool is a ``elo.rating_system.RatingSystem``, like SPARTA's reputations. Pure Python; it knows
+nothing of engines or Megatron beyond the names it is given.
 """
 
 from __future__ import annotations

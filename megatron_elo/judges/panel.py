@@ -5,10 +5,12 @@
     verdict.agrees        # whether the panel's majority (one vote per judge) picked the same side
 
 The aggregate score of an answer is sum_k R_k s^k / sum_k R_k over the panel's judges k (their
-reputations R_k, ``elo.reputation.Reputations.weighted_score``); the higher aggregate wins. A judge
-reply without a parsable score counts 5, as the SPARTA authors do (``parse_panel_score``), and is
-counted by the caller. ``weighting="uniform"`` takes the plain mean instead (the ablation SPARTA's
-reputation weighting is measured against). The checker panel of verifiable tasks (the tiny demo) scores
+reputations R_k, ``elo.reputation.Reputations.weighted_score``); the higher aggregate wins. When a
+judge's reply to either answer of a duel has no parsable score (``parse_panel_score``), that judge
+scores both answers 5, as the SPARTA authors' code does (``duel_scores``: one unreadable reply does
+not hand the other answer the duel); the caller counts the unreadable replies.
+``weighting="uniform"`` takes the plain mean instead (the ablation SPARTA's reputation weighting is
+measured against). The checker panel of verifiable tasks (the tiny demo) scores
 10 - |error| (at least 1) and, with each judge's own noise probability, a uniform 1-10 draw instead.
 Pure Python.
 """
@@ -49,6 +51,14 @@ def parse_panel_score(text: str) -> float | None:
     return float(value) if 1.0 <= float(value) <= 10.0 else None
 
 
+def duel_scores(score_a: float | None, score_b: float | None) -> tuple[float, float]:
+    """One judge's scores of a duel's two answers from its two replies' readings (None: unreadable, or not
+    asked because overlong): both as read, or both ``UNPARSED_SCORE`` when either is missing."""
+    if score_a is None or score_b is None:
+        return UNPARSED_SCORE, UNPARSED_SCORE
+    return score_a, score_b
+
+
 @dataclass(frozen=True, kw_only=True)
 class PanelVerdict:
     """A duel's panel decision: both aggregates, the winner (None: exact tie), the majority's agreement."""
@@ -65,8 +75,8 @@ class PanelScores:
 
     scores: Mapping[tuple[int, str], Mapping[str, float]]  # (prompt index, answering player) -> {judge: 1-10}
     parsed: int = 0  # LLM replies with a readable score
-    unparsed: int = 0  # LLM replies without a readable score (each counted as UNPARSED_SCORE)
-    overlong: int = 0  # LLM panel prompts over the judge's engine length (not asked; UNPARSED_SCORE)
+    unparsed: int = 0  # LLM replies without a readable score (that judge scores both answers of the duel 5)
+    overlong: int = 0  # LLM panel prompts over the judge's engine length (not asked; likewise both 5)
 
 
 def panel_verdict(*, scores_a: Mapping[str, float], scores_b: Mapping[str, float], reputations: Reputations,

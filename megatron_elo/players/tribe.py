@@ -8,15 +8,18 @@ and its pair update, taking turns.
 
 Time-sharing: a player's engine is woken for its generation and its weight sync and put back to sleep
 after (vLLM sleep mode on GPU frees its weights and KV cache; a no-op on CPU), so only one engine holds
-device memory at a time; the trainers stay resident (offloading the idle ones' optimizer state is not
-built: on one GPU the tribe's trainers must fit together). Every player is ``cfg`` with its own
-weights (``players[i].path``) and learning rate; they share the tokenizer (checked: a pair trains every
-player on both duellists' token ids).
+device memory at a time. With ``algorithm.sparta.offload_idle`` the trainers take turns too: each
+player's trainer (and its frozen reference) lives in host memory (``trainer/offload.py``) except during
+its own update and weight sync (and a checkpoint's read or write of it); otherwise all trainers stay
+resident and must fit together. Every player is ``cfg`` with its own weights (``players[i].path``) and
+learning rate; they share the tokenizer (checked: a pair trains every player on both duellists' token ids).
+All players share the run's layout (``parallel.*``): the tribe takes turns on every rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 from megatron_elo.config.schema import RunConfig
@@ -29,6 +32,7 @@ from megatron_elo.parallel.world import World
 from megatron_elo.players.pair_update import PairUpdate
 from megatron_elo.players.trained import TrainedPlayer
 from megatron_elo.rollout.engine import SamplingSettings
+from megatron_elo.trainer.offload import offload, resident
 from megatron_elo.trainer.step import PolicyTrainer, StepStats
 from megatron_elo.utils.seeds import stable_seed
 
@@ -63,7 +67,7 @@ class Tribe:
     @classmethod
     def build(cls, cfg: RunConfig, world: World) -> Tribe:
         """Each player's trainer (the pair loss of ``algorithm.pairs``; its frozen initial copy when the loss
-        reads it) and engine, asleep until used (collective)."""
+        reads it) and engine, asleep until used, the trainer offloaded with ``offload_idle`` (collective)."""
         loss = PairLossConfig.from_pairs(cfg.algorithm.pairs)
         players, updates = {}, {}
         for i, spec in enumerate(cfg.players):
@@ -71,6 +75,9 @@ class Tribe:
             player = TrainedPlayer.build(mine, world, name=spec.name, loss=loss.loss, loss_config=loss,
                                          with_reference=loss.needs_initial_reference())
             player.sleep()
+            if cfg.algorithm.sparta.offload_idle:  # before the next player is built: one trainer on the device at a time
+                for trainer in _trainers_of(player):
+                    offload(trainer)
             players[spec.name] = player
             updates[spec.name] = PairUpdate(trainer=player.trainer, reference=player.reference, cfg=mine,
                                             pad_id=player.tokenizer.pad_id)
@@ -118,20 +125,36 @@ class Tribe:
         its engine (collective); {player: its optimizer steps' statistics}."""
         stats = {}
         for name in self.players:
-            stats[name] = self.updates[name].train(rows, step=step, epochs=self.cfg.algorithm.pairs.epochs)
-            self.sync(name)
+            with self.resident(name):
+                stats[name] = self.updates[name].train(rows, step=step, epochs=self.cfg.algorithm.pairs.epochs)
+                self.sync(name)
         return stats
+
+    @contextmanager
+    def resident(self, name: str) -> Iterator[None]:
+        """Player ``name``'s trainer and reference on the device inside the block (offloaded again after when
+        ``offload_idle``; a no-op otherwise)."""
+        with ExitStack() as stack:
+            for trainer in _trainers_of(self.players[name]):
+                stack.enter_context(resident(trainer))
+            yield
 
     def sync(self, name: str) -> None:
         """Player ``name``'s trainer weights into its engine (collective)."""
         player = self.players[name]
-        player.wake_up()
-        try:
-            player.sync_weights()
-        finally:
-            player.sleep()
+        with self.resident(name):
+            player.wake_up()
+            try:
+                player.sync_weights()
+            finally:
+                player.sleep()
 
     def sync_all(self) -> None:
         """Every player's engine gets its trainer's weights (after a resume; collective)."""
         for name in self.players:
             self.sync(name)
+
+
+def _trainers_of(player: TrainedPlayer) -> list[PolicyTrainer]:
+    """A player's trainer and, when it has one, its frozen reference."""
+    return [player.trainer, *([player.reference] if player.reference is not None else [])]

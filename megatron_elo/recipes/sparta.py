@@ -28,8 +28,8 @@ from megatron_elo.elo.reputation import Reputations
 from megatron_elo.evaluation.evaluator import EvalResult, build_evaluator
 from megatron_elo.flow import Prompt, PromptBatch, Response, StepRecord
 from megatron_elo.judges.panel import (
-    UNPARSED_SCORE,
     PanelScores,
+    duel_scores,
     fill_score_template,
     noisy_checker_scores,
     parse_panel_score,
@@ -51,7 +51,7 @@ class ReputationLog:
 
     def record(self, step: int, reputations: Reputations) -> None:
         """Append iteration ``step``'s ratings and sigmas."""
-        self.rows.append({"step": step, **{f"R/{n}": r for n, r in reputations.ratings.items()},
+        self.rows.append({"step": step, **{f"R/{n}": r for n, r in reputations.reputation.items()},
                           **{f"sigma/{n}": s for n, s in reputations.sigmas.items()}})
 
     def state_dict(self) -> dict:
@@ -150,7 +150,8 @@ class SpartaRecipe:
 
     def _llm_panel(self, batch: PromptBatch, plan: DuelPlan, answers: dict[tuple[int, str], Response]) -> PanelScores:
         """Every judge's 1-10 score of each answer of the duels it is not in: its prompts in one greedy call on its
-        engine (collective); a reply without a score, or a prompt over its engine's length, scores 5 (counted)."""
+        engine (collective). A reply without a score, or a prompt over its engine's length, is counted; the judge
+        then scores both answers of that duel 5, as the authors' code does (``duel_scores``)."""
         sparta, limit = self.cfg.algorithm.sparta, self.cfg.rollout.engine.max_model_len
         scores: dict[tuple[int, str], dict[str, float]] = {key: {} for key in answers}
         parsed = unparsed = overlong = 0
@@ -166,12 +167,12 @@ class SpartaRecipe:
                                         stop_token_ids=(player.tokenizer.eos_id,))
             replies = self.tribe.generate(judge, [prompts[k] for k in asked], [token_ids[k] for k in asked], settings)
             read = {k: parse_panel_score(reply.text) for k, reply in zip(asked, replies, strict=True)}
-            for k, key in enumerate(keys):
-                score = read.get(k)
-                overlong += not fits[k]
-                unparsed += fits[k] and score is None
-                parsed += score is not None
-                scores[key][judge] = UNPARSED_SCORE if score is None else score
+            overlong += len(keys) - len(asked)
+            unparsed += sum(score is None for score in read.values())
+            parsed += sum(score is not None for score in read.values())
+            for k in range(0, len(keys), 2):  # the two answers of one duel
+                both = duel_scores(read.get(k), read.get(k + 1))
+                scores[keys[k]][judge], scores[keys[k + 1]][judge] = both
         return PanelScores(scores=scores, parsed=parsed, unparsed=unparsed, overlong=overlong)
 
     def _checker_panel(self, batch: PromptBatch, plan: DuelPlan, answers: dict[tuple[int, str], Response],
@@ -195,7 +196,7 @@ class SpartaRecipe:
         if panel is None:
             panel = self._checker_panel(batch, plan, answers, step)
         signal = judge_duels(batch, plan, answers, panel, self.reputations, weighting=self.cfg.algorithm.sparta.weighting)
-        self.reputations.update(signal.duels)
+        self.reputations.record(signal.duels)
         self.reputation_log.record(step + 1, self.reputations)
         return signal, panel
 
@@ -203,7 +204,7 @@ class SpartaRecipe:
         metrics = {**signal.metrics(), "panel/parsed": float(panel.parsed),
                    "panel/unparsed": float(panel.unparsed), "panel/overlong": float(panel.overlong),
                    **self.prompts.metrics()}
-        metrics.update({f"reputation/{n}": r for n, r in self.reputations.ratings.items()})
+        metrics.update({f"reputation/{n}": r for n, r in self.reputations.reputation.items()})
         metrics.update({f"reputation_sigma/{n}": s for n, s in self.reputations.sigmas.items()})
         return metrics
 
@@ -218,7 +219,7 @@ class SpartaRecipe:
             writer.writeheader()
             writer.writerows(rows)
         plot_reputations(out / "reputation.png", rows, self.tribe.names)
-        return {"reputation": dict(self.reputations.ratings), "reputation_sigma": dict(self.reputations.sigmas)}
+        return {"reputation": dict(self.reputations.reputation), "reputation_sigma": dict(self.reputations.sigmas)}
 
 
 def plot_reputations(path: Path, rows: list[dict], names: list[str]) -> None:

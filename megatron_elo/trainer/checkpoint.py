@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_elo.models.gpt import model_layer_spec
+from megatron_elo.trainer.offload import resident
 from megatron_elo.trainer.step import PolicyTrainer
 
 META = "meta.json"
@@ -130,10 +131,11 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     dist.barrier()
     written = [f"rng_rank{rank}.pt"]
     for player, each in [(None, trainer), *(others or {}).items()]:
-        optimizer_state = each.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
-        if c.dp_rank == 0:
-            written.append(shard_name(c.tp_rank, c.pp_rank, player))
-            torch.save({"model": each.model.state_dict(), "optimizer": optimizer_state, "step": each.step}, tmp / written[-1])
+        with resident(each):  # an offloaded player's memory back for its read (trainer/offload.py)
+            optimizer_state = each.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
+            if c.dp_rank == 0:
+                written.append(shard_name(c.tp_rank, c.pp_rank, player))
+                torch.save({"model": each.model.state_dict(), "optimizer": optimizer_state, "step": each.step}, tmp / written[-1])
     torch.save(_rng_state(), tmp / written[0])
     if rank_state:
         written.append(f"state_rank{rank}.pt")
@@ -186,8 +188,9 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path, *, others: dict[st
                          f"{sorted(others or {})}; resume from a checkpoint of this config or set checkpoint.resume=never")
     for player, each in [(None, trainer), *(others or {}).items()]:
         shard = torch.load(path / shard_name(c.tp_rank, c.pp_rank, player), map_location="cpu", weights_only=False)
-        each.model.load_state_dict(shard["model"])
-        each.optimizer.load_full_state(shard["optimizer"], adam_steps=shard["step"])  # collective over DP
+        with resident(each):
+            each.model.load_state_dict(shard["model"])
+            each.optimizer.load_full_state(shard["optimizer"], adam_steps=shard["step"])  # collective over DP
         each.step = shard["step"]
     rng_file = path / f"rng_rank{dist.get_rank()}.pt"
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved

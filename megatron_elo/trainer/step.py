@@ -165,6 +165,7 @@ class PolicyTrainer:
             config.optimizer, model=model, groups=groups, arch=arch, config=config, data_parallel=data_parallel)
         self.step = 0
         self.schedule_position: int | None = None  # see current_lr
+        self.offloaded = None  # trainer.offload.HostCopy while its memory is on the host (SPARTA's idle players)
 
     # ------------------------------------------------------------ forward through the pipeline
 
@@ -255,6 +256,7 @@ class PolicyTrainer:
         device; returned on the last pipeline stage, None on the others. ``mask`` [B, S] bool: the
         positions wanted (responses); with ``trainer.trim_micro_batches`` each micro-batch stops at its
         last one (0 after it)."""
+        self._check_resident()
         self.model.eval()
         batch = _tokens_only(tokens.to(self.device), None if mask is None else mask.to(self.device))
         micros = list(batch.micro_batches(micro_batch_size or self.config.micro_batch_size,
@@ -286,9 +288,15 @@ class PolicyTrainer:
             dist.all_reduce(total, group=self.groups.dp)
         return float(total.item())
 
+    def _check_resident(self) -> None:
+        if self.offloaded is not None:
+            raise RuntimeError("this trainer's memory is on the host (trainer.offload.offload): reload it first "
+                               "(trainer.offload.reload / resident)")
+
     def forward_backward(self, batch: TrainBatch) -> dict[str, float]:
         """Accumulate gradients of the whole batch and synchronise them (DP sum, tied embeddings).
         Returns the summed loss statistics (before the optimizer step)."""
+        self._check_resident()
         normalizer = self._loss_normalizer(batch)
         self.optimizer.zero_grad()
         names = self.loss_spec.stat_names
