@@ -17,6 +17,7 @@ from megatron_elo.analysis.curriculum import (
     selection_shift,
 )
 from megatron_elo.elo.selection import selection_probabilities
+from megatron_elo.utils.numeric import nan_mean
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 REFERENCE = {"weak": 800.0, "even": 1000.0, "strong": 1400.0}
@@ -130,3 +131,15 @@ def test_compare_jobs_give_each_cpu_child_its_own_cores(monkeypatch):
     assert slot_environment(0, 1, cfg) is None  # one job: the machine's defaults
     gpu = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, device="cuda"))
     assert slot_environment(1, 2, gpu) is None
+
+
+def test_nan_mean_skips_the_unscored_values():
+    """The mean of the scored values, from a list or an array; NaN (no warning) when nothing is scored."""
+    import warnings
+
+    import numpy as np
+
+    assert nan_mean([1.0, math.nan, 4.0]) == 2.5 and nan_mean(np.array([math.nan, 2.0])) == 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(nan_mean([math.nan])) and math.isnan(nan_mean([]))

@@ -20,13 +20,13 @@ import numpy as np
 from megatron_elo.analysis.curriculum import (
     eval_curve,
     mean_interval,
-    nan_mean,
     near_share,
     opponent_swing,
     selection_shift,
     trace_series,
 )
 from megatron_elo.flow import POLICY
+from megatron_elo.utils.numeric import nan_mean
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -118,9 +118,3 @@ def selection_shift(summary: dict, reference: Mapping[str, float], *, temperatur
                                         selection=selection, target_win_rate=target_win_rate)
         shifts.append(0.5 * float(np.abs(np.array([used[n] for n in names]) - clean).sum()))
     return shifts
-
-
-def nan_mean(values: Sequence[float]) -> float:
-    """Mean of the non-NaN values (NaN when there are none)."""
-    kept = [v for v in values if not math.isnan(v)]
-    return statistics.mean(kept) if kept else float("nan")

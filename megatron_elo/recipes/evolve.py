@@ -31,7 +31,6 @@ from megatron_elo.recipes.games import timed
 from megatron_elo.recipes.scored_pairs import (
     JudgedPairs,
     ScoredPairsRecipe,
-    nan_mean,
     pair_signal,
     played_of,
     preference_pairs,
@@ -40,6 +39,7 @@ from megatron_elo.recipes.scored_pairs import (
 )
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.scored import best_vs_worst, mix_pairs, refinement_choices
+from megatron_elo.utils.numeric import nan_mean
 
 
 def chain_metrics(scores: list[np.ndarray]) -> dict[str, float]:

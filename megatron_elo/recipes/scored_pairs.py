@@ -63,12 +63,6 @@ def played_of(games: Sequence[Game], verdicts: Sequence[Verdict]) -> Played:
     return Played(plan=MatchPlan(matches=()), games=tuple(games), verdicts=tuple(verdicts), outcomes=())
 
 
-def nan_mean(values: np.ndarray) -> float:
-    """Mean of the scored (non-NaN) values; NaN when none is."""
-    scored = values[~np.isnan(values)]
-    return float(scored.mean()) if scored.size else float("nan")
-
-
 def score_gap(choices: Sequence[Choice]) -> float:
     """Mean chosen-minus-rejected score of the pairs (NaN without pairs)."""
     return float(np.mean([c.chosen_score - c.rejected_score for c in choices])) if choices else float("nan")

@@ -29,7 +29,6 @@ from megatron_elo.recipes.games import timed
 from megatron_elo.recipes.scored_pairs import (
     JudgedPairs,
     ScoredPairsRecipe,
-    nan_mean,
     pair_signal,
     played_of,
     rows_for_all_ranks,
@@ -37,6 +36,7 @@ from megatron_elo.recipes.scored_pairs import (
 )
 from megatron_elo.runner.context import RunContext
 from megatron_elo.signals.scored import Choice, tsr_choices
+from megatron_elo.utils.numeric import nan_mean
 from megatron_elo.utils.seeds import stable_seed
 
 
