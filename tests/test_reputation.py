@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from megatron_elo.elo.reputation import Duel, Reputations, confidence, k_factor
+from tests.test_elo import _pool as elo_pool  # weak 900, strong 1100, default 1000 around a 1000 policy
 
 TANH_HALF = math.tanh(0.5)  # tanh of the starting sigma
 
@@ -87,13 +88,6 @@ def test_the_panel_weighs_votes_by_reputation_and_reads_json_scores():
         assert parse_panel_score(bad) is None, bad
 
 
-def _elo_pool():
-    from megatron_elo.elo.pool import EloPool, PoolMember
-
-    return EloPool([PoolMember(name="weak", rating=900.0), PoolMember(name="strong", rating=1100.0)], policy_rating=1000.0,
-                   k_factor=32.0)
-
-
 def _elo_games():
     from megatron_elo.elo.ratings import GameResult
 
@@ -106,7 +100,7 @@ def test_the_elo_pool_and_the_reputations_serve_one_rating_interface(kind):
     another's state_dict rates the next batch the same."""
     from megatron_elo.elo.rating_system import RatingSystem
 
-    make, outcomes = {"elo": (_elo_pool, _elo_games()),
+    make, outcomes = {"elo": (elo_pool, _elo_games()),
                       "reputation": (lambda: Reputations(["a", "b", "c"]),
                                      [Duel(player_a="a", player_b="b", score_a=8.0, score_b=3.0),
                                       Duel(player_a="c", player_b="a", score_a=6.0, score_b=7.5)])}[kind]

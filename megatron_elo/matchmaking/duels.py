@@ -47,7 +47,7 @@ class DuelPlan:
 def plan_duels(prompts: int, reputations: Reputations, *, step: int, rng: np.random.Generator,
                first: Literal["round_robin", "uniform"], p_random: float, nearest: int) -> DuelPlan:
     """A duel for each of ``prompts`` instructions of iteration ``step`` (see the module docstring)."""
-    names = sorted(reputations.reputation)
+    names = sorted(reputations.ratings())
     duels = []
     for i in range(prompts):
         lead = names[(step * prompts + i) % len(names)] if first == "round_robin" else names[int(rng.integers(len(names)))]

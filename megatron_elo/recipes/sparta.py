@@ -51,7 +51,7 @@ class ReputationLog:
 
     def record(self, step: int, reputations: Reputations) -> None:
         """Append iteration ``step``'s ratings and sigmas."""
-        self.rows.append({"step": step, **{f"R/{n}": r for n, r in reputations.reputation.items()},
+        self.rows.append({"step": step, **{f"R/{n}": r for n, r in reputations.ratings().items()},
                           **{f"sigma/{n}": s for n, s in reputations.sigmas.items()}})
 
     def state_dict(self) -> dict:
@@ -204,7 +204,7 @@ class SpartaRecipe:
         metrics = {**signal.metrics(), "panel/parsed": float(panel.parsed),
                    "panel/unparsed": float(panel.unparsed), "panel/overlong": float(panel.overlong),
                    **self.prompts.metrics()}
-        metrics.update({f"reputation/{n}": r for n, r in self.reputations.reputation.items()})
+        metrics.update({f"reputation/{n}": r for n, r in self.reputations.ratings().items()})
         metrics.update({f"reputation_sigma/{n}": s for n, s in self.reputations.sigmas.items()})
         return metrics
 
@@ -219,7 +219,7 @@ class SpartaRecipe:
             writer.writeheader()
             writer.writerows(rows)
         plot_reputations(out / "reputation.png", rows, self.tribe.names)
-        return {"reputation": dict(self.reputations.reputation), "reputation_sigma": dict(self.reputations.sigmas)}
+        return {"reputation": self.reputations.ratings(), "reputation_sigma": dict(self.reputations.sigmas)}
 
 
 def plot_reputations(path: Path, rows: list[dict], names: list[str]) -> None:
