@@ -92,12 +92,15 @@ def print_plan(plan: DevicePlan) -> None:
     from rich.table import Table
 
     console = Console()
-    layout = plan.layout
-    trainer = Table(title=f"trainer: TP={layout.tp} PP={layout.pp} DP={layout.dp} on {layout.world_size} {plan.device} rank(s)")
-    for column in ("rank", "node", "device", "tp_rank", "pp_rank", "dp_rank"):
+    layout, slices = plan.layout, plan.slices
+    sliced = f" x {slices.count} slices side by side" if slices else ""
+    trainer = Table(title=f"trainer: TP={layout.tp} PP={layout.pp} DP={layout.dp}{sliced} on {len(plan.trainer_ranks)} "
+                          f"{plan.device} rank(s)")
+    for column in ("rank", "node", "device", *(("slice",) if slices else ()), "tp_rank", "pp_rank", "dp_rank"):
         trainer.add_column(column, justify="right")
     for coords, node, device in plan.trainer_ranks:
-        trainer.add_row(*(str(v) for v in (coords.rank, node, device, coords.tp_rank, coords.pp_rank, coords.dp_rank)))
+        where = (slices.index_of(coords.rank),) if slices else ()
+        trainer.add_row(*(str(v) for v in (coords.rank, node, device, *where, coords.tp_rank, coords.pp_rank, coords.dp_rank)))
     engines = Table(title="engines (vLLM)")
     for column in ("engine", "role", "tp", "dp", "placement", "devices (node:local)"):
         engines.add_column(column)

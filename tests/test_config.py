@@ -258,7 +258,7 @@ def test_colocated_engine_must_span_the_trainer_world():
     with pytest.raises(ConfigError) as excinfo:
         validate(load_config(QWEN7B, ["rollout.engine.dp=2"]), check_paths=False)
     text = problems_of(excinfo)
-    assert "rollout.engine: colocated engine spans tp*dp = 2*2 = 4 ranks but the trainer world is 8" in text
+    assert "rollout.engine: colocated engine spans tp*dp = 2*2 = 4 ranks but the trainer has 8 (the world" in text
     assert "set rollout.engine.dp=4" in text
 
 

@@ -5,6 +5,7 @@ equals an uninterrupted one bitwise, the LLM panel asks every judge its prompts.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,13 +115,17 @@ def test_llm_panel_asks_each_judge_its_duels_in_one_call_and_counts_what_it_cann
     class Scripted:
         """Stands in for the tribe: replies {"score": <len(prompt) % 10 + 1>}, except judge c, who rambles."""
 
-        players = {name: SimpleNamespace(tokenizer=SimpleNamespace(encode_prompt=lambda p: [1] * len(p.text), eos_id=0))
-                   for name in "abcd"}
+        names = list("abcd")
+        tokenizers = {name: SimpleNamespace(encode_prompt=lambda p: [1] * len(p.text), eos_id=0) for name in names}
 
-        def generate(self, name, prompts, token_ids, settings):
-            if prompts:  # as Tribe.generate: nothing to ask, no engine woken
-                calls.append((name, [p.prompt_id for p in prompts], settings.temperature))
-            return [SimpleNamespace(text="no idea" if name == "c" else f'{{"score": {len(p.text) % 10 + 1}}}') for p in prompts]
+        def generate_each(self, requests):
+            replies = {}
+            for name, request in requests.items():
+                if request.prompts:  # as Tribe.generate_each: nothing to ask, no engine woken
+                    calls.append((name, [p.prompt_id for p in request.prompts], request.settings.temperature))
+                replies[name] = [SimpleNamespace(text="no idea" if name == "c" else f'{{"score": {len(p.text) % 10 + 1}}}')
+                                 for p in request.prompts]
+            return replies
 
     recipe = SpartaRecipe.__new__(SpartaRecipe)
     recipe.cfg = SimpleNamespace(algorithm=SimpleNamespace(sparta=SimpleNamespace(score_max_new_tokens=8)),
@@ -169,6 +174,25 @@ def test_sparta_config_problems_are_reported_together():
     with pytest.raises(ConfigError, match="players: only algorithm.name=sparta"):
         validate(config_from_dict(raw), check_paths=False)
     assert validate(load_config(SPARTA), check_paths=False).algorithm.sparta.weighting == "reputation"
+
+
+def test_slices_must_divide_the_players_and_fit_the_world_with_their_engines():
+    """Five players on two slices, the world one slice short, the engine spanning the world instead of a slice:
+    every problem named with its fix; five players on five slices of one rank validate, and so does the 7B tribe
+    on two slices of TP 2 x DP 2 (the world of 8)."""
+    overrides = ["algorithm.sparta.slices=2", "cluster.devices_per_node=3", "rollout.engine.dp=3"]
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(SPARTA, overrides), check_paths=False)
+    text = str(err.value)
+    assert "algorithm.sparta.slices=2: must be >= 1 and divide the 5 players" in text
+    assert "parallel: tp*pp*dp x algorithm.sparta.slices=2 = 1*1*1*2 = 2 does not equal the trainer world size 3" in text
+    assert "rollout.engine: colocated engine spans tp*dp = 1*3 = 3 ranks but the trainer has 1" in text
+    with pytest.raises(ConfigError, match="algorithm.sparta.slices=0: must be >= 1"):
+        validate(load_config(SPARTA, ["algorithm.sparta.slices=0"]), check_paths=False)
+    five = validate(load_config(SPARTA, ["algorithm.sparta.slices=5", "cluster.devices_per_node=5"]), check_paths=False)
+    assert five.algorithm.sparta.slices == 5
+    seven_b = ["algorithm.sparta.slices=2", "parallel.dp=2", "rollout.engine.dp=2"]
+    assert validate(load_config(SPARTA.parent / "qwen2.5-7b_sparta.yaml", seven_b), check_paths=False).parallel.dp == 2
 
 
 def test_the_7b_config_validates_with_the_authors_settings():
@@ -223,13 +247,13 @@ def run_tribe(rank, world_size, cfg, stop_after=None):
     gaps = measure_after_last_step(SpartaRecipe, cfg.trainer.steps, sampler_gaps)  # after the last iteration's syncs
     runner, summary, records = recorded_run(cfg, stop_after)
     recipe = runner.recipe
-    weights = {}
-    for name, trainer in recipe.trainers().items():
+    weights, held = {}, {name: t for name, t in recipe.trainers().items() if t is not None}  # (this rank's slice's)
+    for name, trainer in held.items():
         with recipe.tribe.resident(name):
             weights[name] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     log_rows = recipe.reputation_log.rows if recipe.reputation_log is not None else None  # the driver keeps it
     return (summary, weights, log_rows, [dict(r.extra_metrics) for r in records], gaps.get("value", {}),
-            {name: t.step for name, t in recipe.trainers().items()}, {name: t.offloaded is not None for name, t in recipe.trainers().items()})
+            {name: t.step for name, t in held.items()}, {name: t.offloaded is not None for name, t in held.items()})
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +328,74 @@ def test_tribe_on_two_tensor_parallel_ranks_is_the_one_process_run(straight_trib
         assert ours.keys() == theirs.keys()
         for key, weight in theirs.items():
             torch.testing.assert_close(ours[key], weight, rtol=0, atol=5e-5, msg=f"{name} {key}")
+
+
+@pytest.mark.slow
+def test_tribe_side_by_side_on_two_slices_resumed_is_the_one_process_run(straight_tribe, tmp_path):
+    """algorithm.sparta.slices=2 on two ranks: two players on each rank's slice (its own groups and engines), the
+    slices answering, judging and training at once, the whole world sharing answers and statistics; killed after
+    iteration 3 and resumed from step 2's checkpoint (each slice wrote and reads its own players' shards): every
+    player's weights bitwise, the reputations, duels, panel and evaluations of the one-process run."""
+    from megatron_elo.parallel.spawn import run_distributed
+
+    cfg, straight = straight_tribe
+    summary, weights, log_rows, metrics, gaps, optimizer_steps, _ = straight
+    raw = tensor_parallel_twin(cfg, straight[0]["run_dir"], tmp_path)
+    raw["parallel"].update(tp=1)
+    raw["rollout"]["engine"].update(tp=1, dp=1)
+    raw["algorithm"]["sparta"]["slices"] = 2
+    sliced = validate(config_from_dict(raw), world_size=2)
+    killed = run_distributed(run_tribe, 2, sliced, 3, timeout=900)
+    driver, other = run_distributed(run_tribe, 2, sliced, timeout=900)
+    assert [k[0] for k in killed] == [{"finished": False, "step": 3}, {"finished": False, "step": 3}]
+    names = [p.name for p in cfg.players]
+    assert list(driver[1]) == names[:2] and list(other[1]) == names[2:]  # each rank holds its slice's players only
+    for name in names:  # bitwise: each player trained on one rank either way
+        mine = (driver if name in driver[1] else other)[1][name]
+        assert all(torch_equal(mine[k], weights[name][k]) for k in weights[name]), name
+    assert driver[2] == log_rows and driver[0]["reputation"] == summary["reputation"]
+    assert driver[0]["evals"] == summary["evals"] and {**driver[5], **other[5]} == optimizer_steps
+    served = {k for k in driver[3][-1] if k.startswith("engine/restarts/")}
+    ours = {k: v for k, v in driver[3][-1].items() if k not in served}
+    assert ours.keys() == metrics[-1].keys()  # every player's loss reached the driver
+    assert all(v == metrics[-1][k] or (math.isnan(v) and math.isnan(metrics[-1][k])) for k, v in ours.items()), ours
+    assert all(gap < 1e-3 for gap in {**driver[4], **other[4]}.values())  # each engine holds its player's weights
+    run_dir = Path(driver[0]["run_dir"])
+    assert sorted(p.name for p in (run_dir / "export_hf").iterdir()) == sorted(
+        f"step_{cfg.trainer.steps:08d}" + ("" if n == names[0] else f"-{n}") for n in names)
+
+
+@pytest.mark.slow
+def test_tribe_on_two_slices_of_two_data_parallel_ranks_is_the_shared_two_rank_run(straight_tribe, tmp_path):
+    """Four ranks, two slices of trainer DP 2 with engine DP 2 (a slice's two vLLM replicas independent: vLLM's
+    external data parallelism), idle trainers offloaded, against the two-rank run of that layout with every
+    player on both ranks (vLLM's own DP 2): the same reputations, duels, losses and evaluations, every player's
+    weights bitwise. (Not the one-process run: DP 2 leaves an odd iteration's last pair out.)"""
+    from megatron_elo.parallel.spawn import run_distributed
+
+    cfg, straight = straight_tribe
+    raw = tensor_parallel_twin(cfg, straight[0]["run_dir"], tmp_path / "shared")
+    raw["parallel"].update(tp=1, dp=2)
+    raw["rollout"]["engine"].update(tp=1, dp=2)
+    raw["algorithm"]["sparta"]["offload_idle"] = True
+    shared = run_distributed(run_tribe, 2, validate(config_from_dict(raw), world_size=2), timeout=900)[0]
+    shutil.copytree(tmp_path / "shared" / "opponent_cache", tmp_path / "sliced" / "opponent_cache")
+    raw.update(output_dir=str(tmp_path / "sliced"))
+    raw["cluster"]["devices_per_node"] = 4
+    raw["algorithm"]["sparta"]["slices"] = 2
+    ranks = run_distributed(run_tribe, 4, validate(config_from_dict(raw), world_size=4), timeout=1200)
+    driver, names = ranks[0], [p.name for p in cfg.players]
+    assert [list(r[1]) for r in ranks] == [names[:2]] * 2 + [names[2:]] * 2  # each slice's ranks: its players
+    assert driver[2] == shared[2] and driver[0]["reputation"] == shared[0]["reputation"]
+    assert driver[0]["evals"] == shared[0]["evals"] and {**driver[5], **ranks[2][5]} == shared[5]
+    last, theirs = driver[3][-1], shared[3][-1]
+    assert last.keys() == theirs.keys()
+    assert all(v == theirs[k] or (math.isnan(v) and math.isnan(theirs[k])) for k, v in last.items()), last
+    assert all(all(r[6].values()) for r in ranks)  # offloaded between turns on every rank
+    assert all(gap < 1e-3 for r in ranks for gap in r[4].values())
+    for name in names:  # each slice's DP ranks hold the same weights: its first rank's, bitwise
+        mine = ranks[0 if name in names[:2] else 2][1][name]
+        assert all(torch_equal(mine[k], shared[1][name][k]) for k in mine), name
 
 
 def torch_equal(a, b) -> bool:

@@ -121,7 +121,8 @@ class ClusterConfig:
 
 @dataclass(kw_only=True)
 class ParallelConfig:
-    """The trainer's (megatron-core) parallel layout. tp * pp * dp must equal the trainer world size."""
+    """The trainer's (megatron-core) parallel layout. tp * pp * dp must equal the trainer world size (times
+    algorithm.sparta.slices for a SPARTA tribe side by side: the layout of one slice)."""
 
     tp: int = opt(1, "Tensor-parallel size.")
     pp: int = opt(1, "Pipeline-parallel size.")

@@ -44,6 +44,11 @@ class SpartaConfig:
     score_template: str | None = opt(None, "panel=llm: the scoring prompt ({question}, {answer}; the reply holds "
                                            "{\"score\": 1-10}); default configs/sparta/score.txt.")
     score_max_new_tokens: int = opt(64, "panel=llm: a judge's reply cap, tokens (greedy).")
+    slices: int = opt(1, "Players side by side: the world is cut into this many slices of parallel.tp*pp*dp ranks "
+                         "each (the world is slices x that), each slice with its own TP / PP / DP groups and colocated "
+                         "engines (rollout.engine.tp*dp = one slice), the players dealt in order, len(players) / slices "
+                         "to a slice; slices answer, judge and train at the same time, a slice's players take turns. "
+                         "1: every player on every rank.")
     offload_idle: bool = opt(False, "Keep each player's trainer (weights, fp32 main weights, Adam state, and its frozen "
                                     "reference; gradient buffers are freed, not copied) in host memory except during its own update, weight sync and "
                                     "checkpoint write, so only one player's trainer holds device memory at a time "

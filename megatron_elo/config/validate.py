@@ -219,15 +219,25 @@ def _check_player_archs(cfg: RunConfig, check: _Check, check_paths: bool, prepar
                                   f"shares one architecture (train players of different shapes in separate runs)")
 
 
+def slice_count(cfg: RunConfig) -> int:
+    """How many slices of ``parallel.*`` the trainer world holds side by side (SPARTA's algorithm.sparta.slices; else 1)."""
+    return max(cfg.algorithm.sparta.slices, 1) if cfg.algorithm.name == "sparta" else 1
+
+
 def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> None:
     p = cfg.parallel
-    product = p.tp * p.pp * p.dp
+    slices = slice_count(cfg)
+    product = p.tp * p.pp * p.dp * slices
     nodes = cfg.cluster.trainer_nodes or cfg.cluster.nodes
     if product != world_size:
-        fix = f"parallel.dp={world_size // (p.tp * p.pp)}" if world_size % (p.tp * p.pp) == 0 else "parallel.tp/pp/dp"
+        per_slice = world_size // slices
+        fix = (f"parallel.dp={per_slice // (p.tp * p.pp)}" if world_size % slices == 0 and per_slice % (p.tp * p.pp) == 0
+               else "parallel.tp/pp/dp")
+        sliced = f" x algorithm.sparta.slices={slices}" if slices > 1 else ""
         check.problems.append(
-            f"parallel: tp*pp*dp = {p.tp}*{p.pp}*{p.dp} = {product} does not equal the trainer world size {world_size} "
-            f"({nodes} trainer node(s) x cluster.devices_per_node={cfg.cluster.devices_per_node}); set {fix}"
+            f"parallel: tp*pp*dp{sliced} = {p.tp}*{p.pp}*{p.dp}{f'*{slices}' if slices > 1 else ''} = {product} does not "
+            f"equal the trainer world size {world_size} ({nodes} trainer node(s) x cluster.devices_per_node="
+            f"{cfg.cluster.devices_per_node}); set {fix}"
         )
     check.need(not p.sequence_parallel,
                "parallel.sequence_parallel: not supported yet (megatron-core's local-spec norms refuse it, and the "
@@ -322,7 +332,7 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
             arch_field = "model.arch" if where == "rollout.engine" else where.removesuffix(".engine") + ".model.arch"
             _check_arch_tp(model.arch, engine.tp, f"{where}.tp", arch_field, check, check_vocab=False, replicate_kv_heads=True)
         if where == "rollout.engine":
-            _check_policy_engine(engine, world, check)
+            _check_policy_engine(engine, world // slice_count(cfg), check)
             continue
         _check_launch(where, engine, world, check)
         if engine.placement == "colocated":
@@ -358,7 +368,8 @@ def _check_engines(cfg: RunConfig, check: _Check) -> None:
 
 
 def _check_policy_engine(engine: EngineConfig, world: int, check: _Check) -> None:
-    """The policy's engine is colocated and in-process: one shard per trainer rank (external_launcher)."""
+    """The policy's engine is colocated and in-process: one shard per trainer rank (external_launcher); ``world``:
+    the ranks of one trainer (a slice of the world with algorithm.sparta.slices)."""
     check.need(
         engine.placement == "colocated" and engine.launch != "server" and engine.server_url is None,
         "rollout.engine: the policy's engine is colocated with the trainer, inside its processes (weights are "
@@ -367,7 +378,8 @@ def _check_policy_engine(engine: EngineConfig, world: int, check: _Check) -> Non
     check.need(
         engine.num_devices == world,
         f"rollout.engine: colocated engine spans tp*dp = {engine.tp}*{engine.dp} = {engine.num_devices} ranks but the "
-        f"trainer world is {world}; set rollout.engine.dp={max(world // engine.tp, 1)} (one engine shard per trainer rank)",
+        f"trainer has {world} (the world, or one slice of it); set rollout.engine.dp={max(world // engine.tp, 1)} "
+        f"(one engine shard per trainer rank)",
     )
 
 

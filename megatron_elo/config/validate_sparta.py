@@ -46,6 +46,9 @@ def check_sparta(cfg: RunConfig, need, *, check_paths: bool) -> None:
              f"players.{i}.judge_noise: only the checker panel adds noise (algorithm.sparta.panel=checker); set it to 0")
     need(0.0 <= sparta.p_random <= 1.0, f"algorithm.sparta.p_random: must be in [0, 1], got {sparta.p_random}")
     need(sparta.nearest >= 1, f"algorithm.sparta.nearest: must be >= 1, got {sparta.nearest}")
+    need(sparta.slices >= 1 and len(players) % max(sparta.slices, 1) == 0,
+         f"algorithm.sparta.slices={sparta.slices}: must be >= 1 and divide the {len(players)} players (each slice "
+         f"time-shares the same number of them); pick a divisor of {len(players)}")
     need(cfg.rollout.n_per_prompt == 1, f"rollout.n_per_prompt={cfg.rollout.n_per_prompt}: each duellist answers an "
                                         f"instruction once; set it to 1")
     need(cfg.judge.noise == 0, "judge.noise: a SPARTA run's judge only evaluates (noise-free); the panel's noise is each "

@@ -84,12 +84,17 @@ class Evaluator:
 
     def evaluate(self, step: int) -> EvalResult:
         """The player's answers on every rank, the driver's games, the result on every rank."""
-        answers = self.sampler.respond(self.prompts, self.token_ids, self.sampling_settings(), player=POLICY)
-        return self.world.on_driver(lambda: self._judge(step, answers),
+        answers = self.answer()
+        return self.world.on_driver(lambda: self.judge_answers(step, answers),
                                     waiting_for=f"the driver's evaluation games at step {step}")
 
-    def _judge(self, step: int, policy: list[list[Response]]) -> EvalResult:
-        """policy: [prompts][samples] answers -> win rate over every (prompt, sample, opponent) game."""
+    def answer(self) -> list[list[Response]]:
+        """[prompts][samples] the player's held-out answers, on every rank of its world (collective)."""
+        return self.sampler.respond(self.prompts, self.token_ids, self.sampling_settings(), player=POLICY)
+
+    def judge_answers(self, step: int, policy: list[list[Response]]) -> EvalResult:
+        """The driver's games: policy: [prompts][samples] answers -> win rate over every (prompt, sample,
+        opponent) game."""
         greedy = self.config.temperature == 0
         requests = {name: self.prompts for name in self.opponent_names}
         # a seed of evaluation's own: never the answers the policy trained against, whatever eval.seed is

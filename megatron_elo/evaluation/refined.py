@@ -35,7 +35,7 @@ class RefiningEvaluator(Evaluator):
             return self.sampler.respond(batch.prompts, batch.token_ids, once, player=POLICY)
 
         links, _ = refine_chain(self.refiner, respond, self.prompts, answers, self.chain)
-        results = self.world.on_driver(lambda: [self._judge(step, link) for link in links],
+        results = self.world.on_driver(lambda: [self.judge_answers(step, link) for link in links],
                                        waiting_for=f"the driver's evaluation games at step {step}")
         direct = results[0]
         return replace(direct, per_player={"direct": direct.win_rate,

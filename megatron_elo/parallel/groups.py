@@ -6,6 +6,7 @@ the result travels explicitly to the model, the loss and the optimizer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -58,17 +59,39 @@ def single_rank_group() -> dist.ProcessGroup:
     return _SINGLETONS[dist.get_rank()]
 
 
-def build_process_groups(layout: ParallelLayout, *, backend: str | None = None) -> ProcessGroups:
+def build_process_groups(layout: ParallelLayout, *, backend: str | None = None,
+                         side_by_side: Sequence[ParallelLayout] = ()) -> ProcessGroups:
     """Create every TP / PP / DP / model / embedding / singleton group; return this rank's.
 
-    Requires an initialised default process group whose world size equals ``layout.world_size``.
+    side_by_side: the layouts of every slice of the world (``WorldSlices.layouts()``), ``layout`` (this
+    rank's) among them: every rank creates every slice's groups in the same order (``new_group`` is
+    collective over the world), so the slices' layouts must have one shape. Default: ``layout`` alone,
+    spanning the world. Requires an initialised default process group of the slices' ranks together.
     """
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised: call init_process_group (torchrun sets the env)")
-    if dist.get_world_size() != layout.world_size:
-        raise ValueError(f"the world has {dist.get_world_size()} ranks but the layout needs tp*pp*dp = {layout.world_size}")
+    slices = list(side_by_side) or [layout]
+    if layout not in slices or len({(s.tp, s.pp, s.dp) for s in slices}) != 1:
+        raise ValueError(f"side_by_side must hold this rank's layout {layout} and slices of one shape, got {slices}")
+    covered = sorted(r for s in slices for r in s.ranks)
+    if covered != list(range(dist.get_world_size())):
+        raise ValueError(f"the world has {dist.get_world_size()} ranks but the layout(s) cover ranks {covered[:8]}.. "
+                         f"({len(covered)}: tp*pp*dp per slice x slices)")
     rank = dist.get_rank()
+    if rank not in layout.ranks:
+        raise ValueError(f"rank {rank} is not in its layout's ranks {list(layout.ranks)}")
     mine: dict[str, dist.ProcessGroup | None] = {"embedding": None}
+    for each in slices:
+        _build_slice_groups(each, rank, mine, backend)
+    for r in range(dist.get_world_size()):
+        group = dist.new_group([r], backend=backend)
+        if r == rank:
+            _SINGLETONS[rank] = group
+    return ProcessGroups(layout=layout, coords=layout.coords(rank), **mine)
+
+
+def _build_slice_groups(layout: ParallelLayout, rank: int, mine: dict, backend: str | None) -> None:
+    """Create one slice's groups (collective over the world); record this rank's in ``mine``."""
     for kind in ("tp", "pp", "dp"):
         for ranks in layout.groups(kind):
             group = dist.new_group(ranks, backend=backend)
@@ -85,8 +108,3 @@ def build_process_groups(layout: ParallelLayout, *, backend: str | None = None) 
             group = dist.new_group(ends, backend=backend)
             if rank in ends:
                 mine["embedding"] = group
-    for r in range(layout.world_size):
-        group = dist.new_group([r], backend=backend)
-        if r == rank:
-            _SINGLETONS[rank] = group
-    return ProcessGroups(layout=layout, coords=layout.coords(rank), **mine)

@@ -4,12 +4,16 @@
     prompts = world.from_driver(prompts if world.is_driver else None)
     batch = world.on_driver(lambda: source.next_batch(16), waiting_for="the prompts")  # its errors stop every rank
     world.barrier("preparing the players")
+    home = world.split([[0, 1], [2, 3]])                       # this rank's slice as a world of its own (collective)
+    every = world.gather(mine)                                 # one value from every rank, on every rank
 
 Rank 0, the driver, does the long one-rank phases (making players, playing games against opponents,
 judging, evaluation's games); the other ranks wait for it in ``from_driver`` / ``barrier``. Those
 waits go through a gloo group of their own whose timeout is ``cluster.timeout_minutes``: a driver
 stuck longer ends the run with a message naming that setting instead of a silent hang. The group is
-gloo in every world (objects are pickled on the CPU; NCCL would need them on the GPU).
+gloo in every world (objects are pickled on the CPU; NCCL would need them on the GPU). A slice of the
+world (``split``; SPARTA's players side by side) is a World of its own: ranks from 0 within it, its first
+rank its driver, its own gloo group; ``first_rank`` says where it sits in the whole world.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ class _Failure:
 class World:
     """This process's place in the run (explicit: stages get it passed, nothing reads globals)."""
 
-    def __init__(self, *, rank: int, size: int, driver_group: dist.ProcessGroup | None, timeout_minutes: float):
-        self.rank, self.size = rank, size
+    def __init__(self, *, rank: int, size: int, driver_group: dist.ProcessGroup | None, timeout_minutes: float,
+                 first_rank: int = 0):
+        self.rank, self.size = rank, size  # within this world (a slice's: from 0 at its first rank)
         self.driver_group = driver_group  # None in a world of one
         self.timeout_minutes = timeout_minutes
+        self.first_rank = first_rank  # this world's rank 0 in the whole world
 
     @classmethod
     def join(cls, *, device: str, timeout_minutes: float) -> World:
@@ -79,8 +85,31 @@ class World:
             return value
         box = [value]
         with self._timed(waiting_for):
-            dist.broadcast_object_list(box, src=0, group=self.driver_group)
+            dist.broadcast_object_list(box, group=self.driver_group, group_src=0)
         return box[0]
+
+    def gather(self, value, *, waiting_for: str = "the other ranks") -> list:
+        """Every rank's ``value``, in rank order, on every rank (pickled; ``[value]`` in a world of one)."""
+        if self.size == 1:
+            return [value]
+        out: list = [None] * self.size
+        with self._timed(waiting_for):
+            dist.all_gather_object(out, value, group=self.driver_group)
+        return out
+
+    def split(self, slices: list[list[int]]) -> World:
+        """This rank's slice (``slices``: every slice's ranks, consecutive, covering the world) as a World of its
+        own (collective: every rank calls it with the same slices, each slice's gloo group made in turn)."""
+        if sorted(r for ranks in slices for r in ranks) != list(range(self.size)) or any(
+                ranks != list(range(ranks[0], ranks[0] + len(ranks))) for ranks in slices):
+            raise ValueError(f"World.split: the slices {slices} must be runs of consecutive ranks covering 0..{self.size - 1}")
+        home = None
+        for ranks in slices:
+            group = dist.new_group(ranks, backend="gloo", timeout=timedelta(minutes=self.timeout_minutes)) if self.size > 1 else None
+            if self.rank in ranks:
+                home = World(rank=self.rank - ranks[0], size=len(ranks), driver_group=group if len(ranks) > 1 else None,
+                             timeout_minutes=self.timeout_minutes, first_rank=ranks[0])
+        return home
 
     def on_driver(self, work, *, waiting_for: str, share=None):
         """``work()`` on the driver; every rank gets ``share(result)`` (default: the result itself), the

@@ -4,7 +4,8 @@
     groups = sampler.generate(token_ids, settings)                     # [P][n] Sample, on every rank
     answers = sampler.respond(prompts, token_ids, settings, player="policy")   # [P][n] Response
 
-In a world every rank holds one engine shard (engine TP x DP spans the world); each engine replica
+In a world every rank holds one engine shard (engine TP x DP spans the world, or the player's slice of it:
+``world`` is then that slice); each engine replica
 (engine DP rank) generates the prompts i with i % replicas == replica, its TP ranks together, and the
 samples are gathered to every rank. Each request's seed is computed on every rank from the whole
 batch (``respond``: from ``settings.seed`` and the prompt ids, with disjoint n-sample streams), so
@@ -14,8 +15,6 @@ results do not depend on the layout and no two samples of a call share a random 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch.distributed as dist
 
 from megatron_elo.data.tokenizer import PromptTokenizer
 from megatron_elo.flow import Prompt, Response
@@ -47,8 +46,8 @@ class PolicySampler:
         padded = mine + [mine[0] if mine else 0] * (share - len(mine))
         samples = self.engine.generate([token_ids[i] for i in padded], settings,
                                        [seeds[i] for i in padded])[: len(mine)] if share else []
-        gathered: list = [None] * self.world.size
-        dist.all_gather_object(gathered, (mine, samples) if self.world.rank % engine_tp == 0 else None)
+        gathered = self.world.gather((mine, samples) if self.world.rank % engine_tp == 0 else None,
+                                     waiting_for="the engine replicas' samples")
         out: list = [None] * len(token_ids)
         for replica_share in gathered:  # (prompt indices, their samples) from each replica's TP rank 0
             if replica_share is not None:

@@ -2,7 +2,7 @@
 trainer's recomputed log-prob of the same token before the update.
 
     gap = SamplerGap.measure(old_logprobs, sampler_logprobs, mask, replica_of_row, replicas=2)   # this rank's rows
-    gap = gap.reduced()                          # over every rank (collective)
+    gap = gap.reduced(device, groups)            # over every rank of the trainer (collective)
     gap.metrics()                                # {"sync/logprob_diff_mean": ..., "_max": ..., per replica}
 
 After a correct weight sync the two differ only by numerics (fp32 CPU: ~1e-6 nats; bf16 GPU kernels:
@@ -46,14 +46,16 @@ class SamplerGap:
         return SamplerGap(sums=self.sums + other.sums, counts=self.counts + other.counts,
                           largest=max(self.largest, other.largest))
 
-    def reduced(self, device: torch.device) -> SamplerGap:
-        """Summed (and maxed) over every rank of the world: collective. Ranks that hold the same rows (TP)
-        count them twice, which leaves the means as they are."""
+    def reduced(self, device: torch.device, groups) -> SamplerGap:
+        """Summed (and maxed) over every rank of the trainer's layout (``groups``: its ProcessGroups; the world,
+        or its slice of the world), through its model-replica then its DP group: collective. Ranks that hold the
+        same rows (TP) count them twice, which leaves the means as they are."""
         totals = torch.cat([self.sums, self.counts]).to(device)
         largest = torch.tensor([self.largest], dtype=torch.float64, device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(totals)
-            dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        for group in (groups.model, groups.dp):  # tp x pp, then across the replicas: every rank of the layout once
+            if dist.get_world_size(group) > 1:
+                dist.all_reduce(totals, group=group)
+                dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=group)
         sums, counts = totals.cpu().chunk(2)
         return SamplerGap(sums=sums, counts=counts, largest=float(largest.item()))
 

@@ -22,6 +22,7 @@ import torch
 from megatron_elo.config.schema import RunConfig
 from megatron_elo.data.tokenizer import PromptTokenizer, player_tokenizer
 from megatron_elo.flow import PromptBatch, Response
+from megatron_elo.parallel.layout import ParallelLayout, WorldSlices
 from megatron_elo.parallel.world import World
 from megatron_elo.players.sampler import PolicySampler
 from megatron_elo.players.sync_check import SamplerGap, StaleEngineWeights
@@ -48,14 +49,19 @@ class PreparedRollouts:
     replica_of_row: torch.Tensor  # [P * n] the engine replica that sampled each row
 
 
-def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo", loss_config=None) -> PolicyTrainer:
+def build_trainer(cfg: RunConfig, *, frozen: bool = False, loss: str = "grpo", loss_config=None,
+                  slices: WorldSlices | None = None) -> PolicyTrainer:
     """This rank's trainer of ``cfg.model`` (``frozen``: a log-prob-only copy, e.g. the KL reference; ``loss`` /
-    ``loss_config``: the registry's loss and its settings, default GRPO's from ``cfg.trainer``)."""
-    from megatron_elo.parallel.layout import ParallelLayout
+    ``loss_config``: the registry's loss and its settings, default GRPO's from ``cfg.trainer``; ``slices``: the
+    world's slices, this rank's trainer on its own, default ``parallel.*`` over the world)."""
+    import torch.distributed as dist
+
     from megatron_elo.trainer.build import build_policy_trainer
     from megatron_elo.trainer.optimizer import DataParallelOptions
 
-    return build_policy_trainer(cfg.model.path, ParallelLayout.from_config(cfg), cfg.trainer, total_steps=cfg.trainer.steps,
+    slices = WorldSlices(shape=ParallelLayout.from_config(cfg)) if slices is None else slices
+    layout = slices.layout(slices.index_of(dist.get_rank()))
+    return build_policy_trainer(cfg.model.path, layout, cfg.trainer, total_steps=cfg.trainer.steps, side_by_side=slices.layouts(),
                                 dtype=cfg.trainer.precision, device=cfg.cluster.device,
                                 pad_vocab_to_multiple_of=cfg.model.pad_vocab_to_multiple_of, frozen=frozen,
                                 data_parallel=DataParallelOptions.from_config(cfg.parallel), loss=loss,
@@ -73,18 +79,21 @@ class TrainedPlayer:
 
     @classmethod
     def build(cls, cfg: RunConfig, world: World, *, name: str, loss: str, loss_config=None,
-              with_reference: bool | None = None, with_engine: bool = True) -> TrainedPlayer:
+              with_reference: bool | None = None, with_engine: bool = True, slices: WorldSlices | None = None) -> TrainedPlayer:
         """Trainer from cfg.model (``loss`` / ``loss_config``: see ``build_trainer``), a frozen reference copy
         (``with_reference``; default: when trainer.kl_coef > 0), then its colocated engine unless
-        ``with_engine`` is False (offline training without evaluation) (collective)."""
-        trainer = build_trainer(cfg, loss=loss, loss_config=loss_config)
+        ``with_engine`` is False (offline training without evaluation) (collective). ``slices``: the player
+        lives on this rank's slice of the world, ``world`` is that slice (``World.split``)."""
+        import torch.distributed as dist
+
+        trainer = build_trainer(cfg, loss=loss, loss_config=loss_config, slices=slices)
         with_reference = cfg.trainer.kl_coef > 0 if with_reference is None else with_reference
-        reference = build_trainer(cfg, frozen=True, loss=loss, loss_config=loss_config) if with_reference else None
+        reference = build_trainer(cfg, frozen=True, loss=loss, loss_config=loss_config, slices=slices) if with_reference else None
         tokenizer = player_tokenizer(cfg.data, cfg.model)
         sampler = None
         if with_engine:
             engine = RolloutEngine(cfg.model.path, cfg.rollout.engine, seed=cfg.seed, dtype=cfg.model.dtype,
-                                   distributed=world.size > 1)
+                                   distributed=dist.is_initialized() and dist.get_world_size() > 1, span=world.size)
             sampler = PolicySampler(engine, world=world, tokenizer=tokenizer)
         return cls(name=name, cfg=cfg, trainer=trainer, reference=reference, sampler=sampler, tokenizer=tokenizer)
 
@@ -168,7 +177,7 @@ class TrainedPlayer:
             if old is not None and self.trainer.groups.is_last_stage:  # earlier pipeline stages compute no log-probs
                 gap = gap.plus(SamplerGap.measure(old, sampler[mine], part_mask, replica_of_row[mine], replicas=replicas))
         if not skip_old:
-            gap = gap.reduced(self.trainer.device)
+            gap = gap.reduced(self.trainer.device, self.trainer.groups)
             self.check_sampler_gap(gap, step)
         return PreparedRollouts(batches=tuple(batches), rows=tuple(rows), response_tokens=float(mask.sum()),
                                 sampler_gap=None if skip_old else gap, sampler_logprobs=sampler, replica_of_row=replica_of_row)
@@ -200,6 +209,6 @@ class TrainedPlayer:
             if done.logprobs is not None:  # the last pipeline stage
                 gap = gap.plus(SamplerGap.measure(done.logprobs.cpu(), prepared.sampler_logprobs[rows], part.response_mask,
                                                   prepared.replica_of_row[rows], replicas=replicas))
-        gap = gap.reduced(self.trainer.device)
+        gap = gap.reduced(self.trainer.device, self.trainer.groups)
         self.check_sampler_gap(gap, step)
         return stats, gap

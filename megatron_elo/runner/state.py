@@ -98,9 +98,10 @@ class StateRegistry:
         for name, stage in self.rank_stages.items():
             stage.load_rank_state_dict(rank_states[name])
 
-    def save(self, trainers: Mapping[str, PolicyTrainer], root: Path, *, keep_last: int, is_driver: bool) -> Path:
-        """The trainers' shards (``trainers``: by player name, the first one's as the checkpoint's main shards),
-        the RNG and every stage's state under ``root`` (collective)."""
+    def save(self, trainers: Mapping[str, PolicyTrainer | None], root: Path, *, keep_last: int, is_driver: bool) -> Path:
+        """The trainers' shards (``trainers``: by player name, the first one's as the checkpoint's main shards; None:
+        a player on another slice of the world, written by its own ranks), the RNG and every stage's state under
+        ``root`` (collective)."""
         from megatron_elo.trainer.checkpoint import save_checkpoint
 
         run_state = self.json_stages["run"]
@@ -108,7 +109,7 @@ class StateRegistry:
         return save_checkpoint(first[1], root, extra=self.state_dict() if is_driver else None, keep_last=keep_last,
                                rank_state=self.rank_state_dict(), step=run_state.step, others=dict(others))
 
-    def resume(self, trainers: Mapping[str, PolicyTrainer], checkpoint: Path) -> None:
+    def resume(self, trainers: Mapping[str, PolicyTrainer | None], checkpoint: Path) -> None:
         """Restore the trainers (as ``save`` got them) and every registered stage from ``checkpoint`` (collective)."""
         from megatron_elo.trainer.checkpoint import load_checkpoint, load_rank_state
 

@@ -108,9 +108,9 @@ def shard_name(tp_rank: int, pp_rank: int, player: str | None = None) -> str:
     return f"shard_tp{tp_rank}_pp{pp_rank}.pt" if player is None else f"shard_{player}_tp{tp_rank}_pp{pp_rank}.pt"
 
 
-def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | None = None, keep_last: int = 0,
+def save_checkpoint(trainer: PolicyTrainer | None, root: str | Path, *, extra: dict | None = None, keep_last: int = 0,
                     rank_state: dict | None = None, step: int | None = None,
-                    others: dict[str, PolicyTrainer] | None = None) -> Path:
+                    others: dict[str, PolicyTrainer | None] | None = None) -> Path:
     """Write the trainer's state at its current step (collective: every rank calls it).
 
     step: the run's step, naming the directory and meta.json's "step" (default: the trainer's optimizer
@@ -119,9 +119,13 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     keep_last: delete all but the newest ``keep_last`` checkpoints afterwards (0 keeps all).
     rank_state: this rank's own state (torch-saveable), read back by ``load_rank_state``.
     others: further trained players by name (same layout), each in its own shard files.
+    A trainer given as None lives on another slice of the world (SPARTA's ``algorithm.sparta.slices``): that
+    slice's ranks write it. Rank 0 holds ``trainer``.
     """
-    groups = trainer.groups
-    rank, c = dist.get_rank(), groups.coords
+    rank = dist.get_rank()
+    if trainer is None and (rank == 0 or step is None):
+        raise ValueError("save_checkpoint: rank 0 holds the first trainer (it writes meta.json), and a rank without it "
+                         "is given the step")
     step = trainer.step if step is None else step
     final = step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -130,7 +134,8 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
         tmp.mkdir(parents=True)
     dist.barrier()
     written = [f"rng_rank{rank}.pt"]
-    for player, each in [(None, trainer), *(others or {}).items()]:
+    for player, each in _held(trainer, others):
+        c = each.groups.coords
         with resident(each):  # an offloaded player's memory back for its read (trainer/offload.py)
             optimizer_state = each.optimizer.full_state(keep=c.dp_rank == 0)  # collective over DP
             if c.dp_rank == 0:
@@ -143,7 +148,7 @@ def save_checkpoint(trainer: PolicyTrainer, root: str | Path, *, extra: dict | N
     checksums: list = [None] * dist.get_world_size()  # each rank hashes its own files; rank 0 records them all
     dist.all_gather_object(checksums, {name: file_sha256(tmp / name) for name in written})
     if rank == 0:
-        layout = groups.layout
+        layout = trainer.groups.layout
         meta = {"format": FORMAT, "step": step, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
                 "arch": dataclasses.asdict(trainer.arch), "layer_spec": model_layer_spec(trainer.model), "extra": extra or {}, "players": sorted(others or {}),
                 "files": {name: digest for per_rank in checksums for name, digest in sorted(per_rank.items())}}
@@ -171,13 +176,17 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path, *, others: dict[st
     if meta.get("format", 1) != FORMAT:
         raise ValueError(f"{path} is a checkpoint of format {meta.get('format', 1)}, this megatron-elo reads format {FORMAT}; "
                          f"export it to HF with the megatron-elo version that wrote it, then start from that model")
-    layout, c = trainer.groups.layout, trainer.groups.coords
+    held = _held(trainer, others)
+    if not held:
+        raise ValueError("load_checkpoint: this rank holds none of the trainers")
+    some = held[0][1]  # every trainer of a run has one layout shape and one architecture
+    layout = some.groups.layout
     if (meta["tp"], meta["pp"]) != (layout.tp, layout.pp):
         raise ValueError(f"{path} was written with tp={meta['tp']} pp={meta['pp']}, this run has tp={layout.tp} "
                          f"pp={layout.pp}; set parallel.tp/pp to match (DP may differ)")
-    if meta["arch"] != dataclasses.asdict(trainer.arch):
+    if meta["arch"] != dataclasses.asdict(some.arch):
         raise ValueError(f"{path} holds a different architecture than model.arch; point checkpointing at a fresh directory")
-    saved_spec, spec = meta.get("layer_spec", "local"), model_layer_spec(trainer.model)
+    saved_spec, spec = meta.get("layer_spec", "local"), model_layer_spec(some.model)
     if saved_spec != spec:  # the weights would load under other names (and the optimizer state with them)
         raise ValueError(f"{path} was written by a model of layer spec {saved_spec!r}, this run builds {spec!r}; set "
                          f"model.layer_spec={saved_spec}, or export the checkpoint to HF (`megatron-elo convert`) and start from that")
@@ -186,7 +195,8 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path, *, others: dict[st
     if sorted(meta.get("players", [])) != sorted(others or {}):
         raise ValueError(f"{path} holds the players {sorted(meta.get('players', []))} besides the first, this run trains "
                          f"{sorted(others or {})}; resume from a checkpoint of this config or set checkpoint.resume=never")
-    for player, each in [(None, trainer), *(others or {}).items()]:
+    for player, each in held:
+        c = each.groups.coords
         shard = torch.load(path / shard_name(c.tp_rank, c.pp_rank, player), map_location="cpu", weights_only=False)
         with resident(each):
             each.model.load_state_dict(shard["model"])
@@ -196,6 +206,11 @@ def load_checkpoint(trainer: PolicyTrainer, path: str | Path, *, others: dict[st
     if rng_file.is_file():  # absent when resuming onto more DP ranks than were saved
         _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta["extra"]
+
+
+def _held(trainer: PolicyTrainer | None, others: dict[str, PolicyTrainer | None] | None) -> list[tuple[str | None, PolicyTrainer]]:
+    """(player name, trainer) of the trainers this rank holds: the first (name None), then ``others`` in order."""
+    return [(name, each) for name, each in [(None, trainer), *(others or {}).items()] if each is not None]
 
 
 def load_rank_state(path: str | Path) -> dict:
