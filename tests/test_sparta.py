@@ -368,9 +368,10 @@ def test_tribe_side_by_side_on_two_slices_resumed_is_the_one_process_run(straigh
 @pytest.mark.slow
 def test_tribe_on_two_slices_of_two_data_parallel_ranks_is_the_shared_two_rank_run(straight_tribe, tmp_path):
     """Four ranks, two slices of trainer DP 2 with engine DP 2 (a slice's two vLLM replicas independent: vLLM's
-    external data parallelism), idle trainers offloaded, against the two-rank run of that layout with every
-    player on both ranks (vLLM's own DP 2): the same reputations, duels, losses and evaluations, every player's
-    weights bitwise. (Not the one-process run: DP 2 leaves an odd iteration's last pair out.)"""
+    external data parallelism), idle trainers offloaded, resumed from step 2's checkpoint of the two-rank run of
+    that layout with every player on both ranks (vLLM's own DP 2): it ends as that run, the same reputations,
+    duels, losses and evaluations, every player's weights bitwise. (Not the one-process run: DP 2 leaves an
+    odd iteration's last pair out.)"""
     from megatron_elo.parallel.spawn import run_distributed
 
     cfg, straight = straight_tribe
@@ -380,11 +381,14 @@ def test_tribe_on_two_slices_of_two_data_parallel_ranks_is_the_shared_two_rank_r
     raw["algorithm"]["sparta"]["offload_idle"] = True
     shared = run_distributed(run_tribe, 2, validate(config_from_dict(raw), world_size=2), timeout=900)[0]
     shutil.copytree(tmp_path / "shared" / "opponent_cache", tmp_path / "sliced" / "opponent_cache")
+    checkpoint = Path(raw["run_name"]) / "checkpoints" / "step_00000002"  # the shared run's, read by the slices
+    shutil.copytree(tmp_path / "shared" / checkpoint, tmp_path / "sliced" / checkpoint)
     raw.update(output_dir=str(tmp_path / "sliced"))
     raw["cluster"]["devices_per_node"] = 4
     raw["algorithm"]["sparta"]["slices"] = 2
     ranks = run_distributed(run_tribe, 4, validate(config_from_dict(raw), world_size=4), timeout=1200)
     driver, names = ranks[0], [p.name for p in cfg.players]
+    assert len(driver[3]) == 2  # resumed at step 2: only iterations 3 and 4 ran on the slices
     assert [list(r[1]) for r in ranks] == [names[:2]] * 2 + [names[2:]] * 2  # each slice's ranks: its players
     assert driver[2] == shared[2] and driver[0]["reputation"] == shared[0]["reputation"]
     assert driver[0]["evals"] == shared[0]["evals"] and {**driver[5], **ranks[2][5]} == shared[5]
