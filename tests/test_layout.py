@@ -57,6 +57,9 @@ def test_slices_sit_side_by_side_each_with_the_groups_of_its_shape_shifted_by_ha
         second.coords(3)
     with pytest.raises(ValueError, match="slice 3 is outside the world's 3 slices"):
         slices.layout(3)
+    assert slices.dealt(6) == [0, 0, 1, 1, 2, 2] and slices.dealt(0) == []
+    with pytest.raises(ValueError, match="5 players cannot be dealt evenly to 3 slices"):
+        slices.dealt(5)
     with pytest.raises(ValueError, match="WorldSlices.count must be >= 1"):
         WorldSlices(shape=ParallelLayout(tp=1, pp=1, dp=1), count=0)
 

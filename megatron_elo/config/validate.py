@@ -19,7 +19,7 @@ from megatron_elo.config.schema import ArchConfig, EngineConfig, ModelConfig, Ru
 from megatron_elo.config.validate_eval import check_benchmarks
 from megatron_elo.config.validate_pairs import PAIR_RECIPES, check_pairs
 from megatron_elo.config.validate_self_improve import check_self_improve, scores_single_answers
-from megatron_elo.config.validate_sparta import check_sparta, player_model
+from megatron_elo.config.validate_sparta import check_sparta, player_model, slice_count
 
 
 def trainer_world_size(cfg: RunConfig) -> int:
@@ -217,11 +217,6 @@ def _check_player_archs(cfg: RunConfig, check: _Check, check_paths: bool, prepar
         if model.arch is not None and cfg.model.arch is not None and model.arch != cfg.model.arch:
             check.problems.append(f"players.{i}.path: {model.path!r} has another architecture than model.arch; a tribe "
                                   f"shares one architecture (train players of different shapes in separate runs)")
-
-
-def slice_count(cfg: RunConfig) -> int:
-    """How many slices of ``parallel.*`` the trainer world holds side by side (SPARTA's algorithm.sparta.slices; else 1)."""
-    return max(cfg.algorithm.sparta.slices, 1) if cfg.algorithm.name == "sparta" else 1
 
 
 def _check_trainer_layout(cfg: RunConfig, check: _Check, world_size: int) -> None:

@@ -18,6 +18,12 @@ def player_model(cfg: RunConfig, index: int) -> ModelConfig:
     return replace(cfg.model, path=cfg.players[index].path)
 
 
+def slice_count(cfg: RunConfig) -> int:
+    """How many slices of ``parallel.*`` the trainer world holds side by side (SPARTA's algorithm.sparta.slices, at
+    least 1 so that an invalid value is reported, not divided by; 1 for every other method)."""
+    return max(cfg.algorithm.sparta.slices, 1) if cfg.algorithm.name == SPARTA else 1
+
+
 def score_template_path(cfg: RunConfig) -> Path:
     """The panel's scoring template: algorithm.sparta.score_template, else the built-in one."""
     chosen = cfg.algorithm.sparta.score_template

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from megatron_elo.config.schema import EngineConfig, RunConfig
+from megatron_elo.config.validate_sparta import slice_count
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,11 +133,16 @@ class WorldSlices:
         """Every slice's layout, in rank order."""
         return [self.layout(i) for i in range(self.count)]
 
+    def dealt(self, players: int) -> list[int]:
+        """The slice of each of ``players`` players (a multiple of ``count``): dealt in order, players / count each."""
+        if players % self.count:
+            raise ValueError(f"{players} players cannot be dealt evenly to {self.count} slices")
+        return [i // (players // self.count) for i in range(players)]
+
     @classmethod
     def from_config(cls, cfg: RunConfig) -> WorldSlices:
         """``algorithm.sparta.slices`` slices of ``parallel.*`` each (one for every other method)."""
-        count = cfg.algorithm.sparta.slices if cfg.players else 1
-        return cls(shape=ParallelLayout.from_config(cfg), count=count)
+        return cls(shape=ParallelLayout.from_config(cfg), count=slice_count(cfg))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,9 +183,9 @@ def plan_devices(cfg: RunConfig) -> DevicePlan:
             devices = [(engine.node, engine.first_device + i) for i in range(engine.num_devices)]
         return EnginePlan(name=name, role=role, tp=engine.tp, dp=engine.dp, placement=engine.placement, devices=devices)
 
-    per_slice = max(len(cfg.players) // slices.count, 1)  # a SPARTA tribe: one colocated engine per player, on its slice
-    engines = [engine_plan(p.name, "player", cfg.rollout.engine, slices.layout(i // per_slice).first_rank)
-               for i, p in enumerate(cfg.players)] or [engine_plan("policy", "policy", cfg.rollout.engine)]
+    homes = slices.dealt(len(cfg.players))  # a SPARTA tribe: one colocated engine per player, on its slice
+    engines = [engine_plan(p.name, "player", cfg.rollout.engine, slices.layout(home).first_rank)
+               for p, home in zip(cfg.players, homes, strict=True)] or [engine_plan("policy", "policy", cfg.rollout.engine)]
     engines += [engine_plan(o.name, "opponent", o.engine) for o in cfg.opponents]
     if cfg.judge.kind == "llm":
         engines.append(engine_plan("judge", "judge", cfg.judge.engine))

@@ -95,9 +95,8 @@ class Tribe:
                              f"ranks need a world of {slices.world_size}, this one has {world.size}")
         mine = slices.index_of(world.rank)
         home = world.split([list(layout.ranks) for layout in slices.layouts()]) if slices.count > 1 else world
-        per_slice = len(cfg.players) // slices.count
         players, updates = {}, {}
-        for i in range(mine * per_slice, (mine + 1) * per_slice):
+        for i in [i for i, where in enumerate(slices.dealt(len(cfg.players))) if where == mine]:
             spec, own = cfg.players[i], player_config(cfg, i)
             player = TrainedPlayer.build(own, home, name=spec.name, loss=loss.loss, loss_config=loss,
                                          with_reference=loss.needs_initial_reference(), slices=slices)
@@ -109,7 +108,7 @@ class Tribe:
             updates[spec.name] = PairUpdate(trainer=player.trainer, reference=player.reference, cfg=own,
                                             pad_id=player.tokenizer.pad_id)
         tokenizers = {p.name: players[p.name].tokenizer if p.name in players else
-                      player_tokenizer(cfg.data, player_config(cfg, i).model) for i, p in enumerate(cfg.players)}
+                      player_tokenizer(cfg.data, player_model(cfg, i)) for i, p in enumerate(cfg.players)}
         check_shared_tokenizer(tokenizers)
         return cls(cfg, players, updates, names=[p.name for p in cfg.players], tokenizers=tokenizers, world=world, home=home)
 
